@@ -1,0 +1,15 @@
+"""ddpm_helpers: a tested DDPM on CelebA faces, behind the notebook series.
+
+Modules: config (frozen dataclasses, presets), schedule (β and derived terms), diffusion (forward
+process, loss, reverse step, DDPM/DDIM samplers), embeddings (time embedding), unet (the network),
+data (CelebA finding, cache, offline faces), train (loop, EMA, AMP, checkpoints), evaluate
+(FID/KID), plotting (figures). The command line is ``python -m ddpm_helpers``.
+"""
+from .config import DataConfig, DiffusionConfig, TrainConfig, UNetConfig, UNET_PRESETS, unet_preset
+from .diffusion import (Trajectory, ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, forward_step, p_mean,
+                        p_sample, predict_x0, q_sample, training_loss)
+from .embeddings import TimeEmbedding, sinusoidal_embedding
+from .schedule import NoiseSchedule
+from .unet import UNet, build_unet, count_parameters
+
+__version__ = "0.1.0"

@@ -1,0 +1,197 @@
+"""Diffusion tests: each checks an equation against a computation by hand or a statistic of the noise."""
+import pytest
+import torch
+
+from ddpm_helpers.diffusion import (ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, forward_step,
+                                    p_mean, p_sample, predict_x0, q_posterior_mean, q_sample, training_loss)
+from ddpm_helpers.schedule import NoiseSchedule
+from ddpm_helpers.unet import build_unet
+
+
+class GaussianOracle(torch.nn.Module):
+    """The exact ε-predictor when the data are N(mu, s²) per pixel: a stub with a known answer.
+
+    x_t ~ N(√ᾱ μ, ᾱ s² + 1 − ᾱ), so E[ε | x_t] = √(1 − ᾱ) (x_t − √ᾱ μ) / (ᾱ s² + 1 − ᾱ).
+    """
+
+    def __init__(self, schedule, mu=0.5, s=0.2):
+        super().__init__()
+        self.schedule, self.mu, self.s = schedule, mu, s
+        self.calls = []
+
+    def forward(self, x, t):
+        self.calls.append(t.clone())
+        ab = self.schedule.alpha_bars[t].reshape(-1, *[1] * (x.ndim - 1))
+        return (1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / (ab * self.s ** 2 + 1 - ab)
+
+
+def test_closed_form_matches_iterated_markov_chain_in_mean_and_variance():
+    """Iterating x_t = √(1−β_t) x_{t−1} + √β_t ε (report) gives q(x_t|x_0) = N(√ᾱ_t x_0, (1−ᾱ_t) I) (Eq. 4)."""
+    s = NoiseSchedule.linear(200, 1e-3, 0.05)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.full((20000, 1, 1, 1), 0.7)
+    x = x0.clone()
+    for i in range(120):
+        t = torch.full((x.shape[0],), i, dtype=torch.long)
+        x = forward_step(x, t, torch.randn(x.shape, generator=g), s)
+    t_last = torch.full((x.shape[0],), 119, dtype=torch.long)
+    closed = q_sample(x0, t_last, torch.randn(x.shape, generator=g), s)
+    ab = s.alpha_bars[119].item()
+    for sample in (x, closed):
+        assert sample.mean().item() == pytest.approx(ab ** 0.5 * 0.7, abs=0.01)
+        assert sample.var().item() == pytest.approx(1 - ab, rel=0.03)
+    assert x.mean().item() == pytest.approx(closed.mean().item(), abs=0.015)
+
+
+def test_q_sample_is_the_closed_form_on_fixed_tensors():
+    s = NoiseSchedule.linear()
+    x0, eps = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    t = torch.tensor([0, 487, 999])
+    out = q_sample(x0, t, eps, s)
+    for b in range(3):
+        ab = s.alpha_bars[t[b]]
+        torch.testing.assert_close(out[b], ab.sqrt() * x0[b] + (1 - ab).sqrt() * eps[b])
+    # and its inverse
+    torch.testing.assert_close(predict_x0(out, t, eps, s), x0, atol=2e-4, rtol=1e-4)
+
+
+def test_reverse_step_equals_the_report_update_by_hand():
+    """x_{t−1} = 1/√α_t (x_t − (1−α_t)/√(1−ᾱ_t) ε_θ) + σ_t z with σ_t = √β_t."""
+    s = NoiseSchedule.linear()
+    xt, z = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    eps = torch.randn(2, 3, 4, 4)
+    model = lambda x, t: eps
+    t = torch.tensor([487, 10])
+    out = p_sample(model, xt, t, s, noise=z)
+    for b in range(2):
+        i = t[b].item()
+        a, ab, beta = s.alphas[i], s.alpha_bars[i], s.betas[i]
+        by_hand = (xt[b] - (1 - a) / (1 - ab).sqrt() * eps[b]) / a.sqrt() + beta.sqrt() * z[b]
+        torch.testing.assert_close(out[b], by_hand)
+    # the posterior-variance option uses σ_t² = β̃_t
+    out_post = p_sample(model, xt, t, s, noise=z, variance="posterior")
+    torch.testing.assert_close(out_post - out, (s.posterior_variance[t].sqrt() - s.betas[t].sqrt()).reshape(2, 1, 1, 1) * z)
+
+
+def test_no_noise_at_the_last_step():
+    s = NoiseSchedule.linear()
+    xt, eps = torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)
+    t = torch.zeros(4, dtype=torch.long)                   # index 0 = the report's t = 1
+    a = p_sample(lambda x, t: eps, xt, t, s, noise=torch.randn_like(xt))
+    b = p_sample(lambda x, t: eps, xt, t, s, noise=torch.randn_like(xt))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, p_mean(xt, t, eps, s))
+
+
+def test_eps_mean_equals_posterior_mean_of_predicted_x0():
+    """μ_θ from ε (Eq. 11) equals μ̃(x̂_0, x_t) (Eq. 7) — the two forms of the reverse mean agree."""
+    s = NoiseSchedule.linear()
+    xt, eps = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = torch.tensor([1, 300, 999])
+    torch.testing.assert_close(p_mean(xt, t, eps, s), q_posterior_mean(predict_x0(xt, t, eps, s), xt, t, s),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_ddpm_loop_applies_the_report_update_at_every_step():
+    s = NoiseSchedule.linear(20, 1e-3, 0.2)
+    oracle = GaussianOracle(s)
+    g = torch.Generator().manual_seed(3)
+    out, traj = ddpm_sample(oracle, (2, 1, 2, 2), s, generator=g, keep_steps=range(20), progress=False, clip=False)
+    assert [c[0].item() for c in oracle.calls] == list(range(19, -1, -1))
+    # replay by hand with the same generator stream
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1, 2, 2, generator=g)
+    for i in range(19, -1, -1):
+        t = torch.full((2,), i)
+        z = torch.randn(x.shape, generator=g) if i > 0 else torch.zeros_like(x)
+        x = p_sample(oracle, x, t, s, noise=z)
+    torch.testing.assert_close(out, x)
+    assert traj.steps == list(range(19, -1, -1)) and traj.xt.shape == (20, 2, 1, 2, 2)
+
+
+def test_samplers_recover_known_gaussian_data():
+    """With the exact ε of N(0.5, 0.2²) data and T = 1000, DDPM (σ² = β and β̃), DDIM η = 1 and DDIM η = 0
+    over all steps sample that distribution; DDIM η = 1 draws the same samples as DDPM with β̃."""
+    s = NoiseSchedule.linear()
+    shape = (4000, 1, 1, 1)
+    runs = {
+        "ddpm_beta": lambda g: ddpm_sample(GaussianOracle(s), shape, s, generator=g, progress=False),
+        "ddpm_post": lambda g: ddpm_sample(GaussianOracle(s), shape, s, generator=g, variance="posterior", progress=False),
+        "ddim_eta1": lambda g: ddim_sample(GaussianOracle(s), shape, s, steps=1000, eta=1.0, generator=g, progress=False),
+        "ddim_eta0": lambda g: ddim_sample(GaussianOracle(s), shape, s, steps=1000, eta=0.0, generator=g, progress=False),
+    }
+    out = {k: f(torch.Generator().manual_seed(0)) for k, f in runs.items()}
+    for name, x in out.items():
+        assert x.mean().item() == pytest.approx(0.5, abs=0.015), name
+        assert x.std().item() == pytest.approx(0.2, abs=0.01), name
+    torch.testing.assert_close(out["ddim_eta1"], out["ddpm_post"], atol=1e-3, rtol=0)
+
+
+def test_coarse_ddim_shrinks_variance_as_the_algebra_says():
+    """One deterministic DDIM jump on Gaussian data gives Var = c² / v_t with
+    c = √(ᾱ_t ᾱ_p) s² + √((1−ᾱ_t)(1−ᾱ_p)), v_t = ᾱ_t s² + 1 − ᾱ_t (Cauchy–Schwarz: ≤ v_p)."""
+    s = NoiseSchedule.linear()
+    oracle = GaussianOracle(s, mu=0.0, s=0.2)
+    t, tp = 800, 300
+    ab, abp = s.alpha_bars[t].double(), s.alpha_bars[tp].double()
+    v_t = ab * 0.04 + 1 - ab
+    xt = torch.randn(200000, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * v_t.sqrt().float()
+    tt = torch.full((xt.shape[0],), t)
+    x_prev, _ = ddim_step(xt, tt, torch.full_like(tt, tp), oracle(xt, tt), s, eta=0.0)
+    c = (ab * abp).sqrt() * 0.04 + ((1 - ab) * (1 - abp)).sqrt()
+    assert x_prev.var().item() == pytest.approx((c ** 2 / v_t).item(), rel=0.02)
+    assert (c ** 2 / v_t) < abp * 0.04 + 1 - abp
+
+
+def test_ddim_eta0_deterministic_given_noise_and_eta1_is_ddpm_posterior():
+    s = NoiseSchedule.linear(50, 1e-3, 0.2)
+    oracle = GaussianOracle(s)
+    noise = torch.randn(3, 1, 2, 2)
+    a = ddim_sample(oracle, noise.shape, s, steps=10, noise=noise, progress=False)
+    b = ddim_sample(oracle, noise.shape, s, steps=10, noise=noise, generator=torch.Generator().manual_seed(9), progress=False)
+    torch.testing.assert_close(a, b)
+    # η = 1, consecutive steps: σ² = β̃_t and the mean is μ̃(x̂_0, x_t)
+    xt, eps = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
+    t, tp = torch.tensor([5, 20, 49]), torch.tensor([4, 19, 48])
+    z = torch.randn_like(xt)
+    x_prev, _ = ddim_step(xt, t, tp, eps, s, eta=1.0, noise=z)
+    expected = p_mean(xt, t, eps, s) + s.posterior_variance[t].sqrt().reshape(3, 1, 1, 1) * z
+    torch.testing.assert_close(x_prev, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_ddim_timesteps():
+    assert ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
+    taus = ddim_timesteps(1000, 50)
+    assert len(taus) == 50 and taus[0] == 999 and taus[-1] == 0
+    with pytest.raises(ValueError):
+        ddim_timesteps(10, 11)
+
+
+def test_training_loss_is_mse_of_the_noise():
+    s = NoiseSchedule.linear()
+    x0, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    t = torch.tensor([3, 900])
+    zero_model = lambda x, t: torch.zeros_like(x)
+    assert training_loss(zero_model, x0, s, t=t, noise=eps).item() == pytest.approx(eps.pow(2).mean().item(), rel=1e-6)
+    perfect = lambda x, tt: eps
+    assert training_loss(perfect, x0, s, t=t, noise=eps).item() == 0.0
+
+
+def test_tiny_unet_learns_on_a_handful_of_images():
+    """A small model on 8 images drives L_simple clearly down in a few hundred CPU steps."""
+    torch.manual_seed(0)
+    s = NoiseSchedule.linear(100, 1e-3, 0.1)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    images = torch.stack([torch.sin(3 * xx + k) * torch.cos(2 * yy - k) for k in range(8)]).unsqueeze(1)
+    model = build_unet("tiny", in_channels=1, out_channels=1, base_channels=16)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(300):
+        loss = training_loss(model, images, s, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:20]) / 20, sum(losses[-50:]) / 50
+    assert last < 0.5 * first, (first, last)
