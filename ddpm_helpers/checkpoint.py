@@ -1,0 +1,145 @@
+"""Checkpoints: one file per save, written atomically, loadable into a model for sampling.
+
+A training checkpoint is a dict with keys: ``format`` ("ddpm_helpers/1"), ``config`` (the
+TrainConfig as a nested dict), ``model``, ``ema`` (EMA weights, a state dict of the bare U-Net),
+``optimizer``, ``scaler``, ``step``, ``epoch``, ``batch_in_epoch``, ``rng``, ``sample_noise``,
+``bad_steps``, ``elapsed``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from .config import DataConfig, DiffusionConfig, TrainConfig, UNetConfig
+
+FORMAT = "ddpm_helpers/1"
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, of another format, or from an incompatible config."""
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: Dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig from its dict form (unknown keys are ignored, lists become tuples)."""
+    def build(cls, values):
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
+        return cls(**kwargs)
+    d = dict(d)
+    return build(TrainConfig, {**d, "model": build(UNetConfig, d.get("model", {})),
+                               "diffusion": build(DiffusionConfig, d.get("diffusion", {})),
+                               "data": build(DataConfig, d.get("data", {}))})
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt_{step:08d}.pt"
+
+
+def list_checkpoints(folder: PathLike) -> List[Path]:
+    """Checkpoints in a run folder (``ckpt_XXXXXXXX.pt``), oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("ckpt_*.pt") if re.fullmatch(r"ckpt_\d{8}\.pt", p.name))
+
+
+def latest_checkpoint(path: PathLike) -> Optional[Path]:
+    """An explicit checkpoint file, or the newest checkpoint in a run folder (searched recursively,
+    so a previous Kaggle version's output under /kaggle/input/... works too); None if there is none."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = list_checkpoints(path) or sorted(path.rglob("ckpt_*.pt"), key=lambda p: p.name) if path.is_dir() else []
+    return found[-1] if found else None
+
+
+def prune_checkpoints(folder: PathLike, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
+    """Read a checkpoint file and check its format; raises CheckpointError with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated / not a torch file
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a ddpm_helpers checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, expected {FORMAT!r})")
+    return ckpt
+
+
+# Fields that must agree for a checkpoint's weights and training state to be reused.
+_STRUCTURAL = {"model": None, "diffusion": None, "data": ("image_size", "channels")}
+
+
+def config_differences(saved: TrainConfig, current: TrainConfig) -> List[str]:
+    """What differs between two configs in the fields that make a checkpoint incompatible."""
+    diffs = []
+    for section, fields in _STRUCTURAL.items():
+        a, b = getattr(saved, section), getattr(current, section)
+        names = fields or [f.name for f in dataclasses.fields(a)]
+        for name in names:
+            va, vb = getattr(a, name), getattr(b, name)
+            if va != vb:
+                diffs.append(f"{section}.{name}: checkpoint has {va!r}, this run has {vb!r}")
+    return diffs
+
+
+def check_compatible(ckpt: Dict[str, Any], current: TrainConfig, path: PathLike = "checkpoint") -> None:
+    """Refuse a checkpoint whose model, diffusion or data shape differ from the current config."""
+    diffs = config_differences(config_from_dict(ckpt["config"]), current)
+    if diffs:
+        raise CheckpointError(f"{path} was trained with an incompatible config:\n  " + "\n  ".join(diffs)
+                              + "\nStart a new run folder, or resume with the checkpoint's own settings.")
+
+
+def load_model(path: PathLike, ema: bool = True, device="cpu") -> Tuple[torch.nn.Module, "NoiseSchedule", TrainConfig]:
+    """Load a U-Net (EMA weights by default) and its schedule from a checkpoint, for sampling.
+
+    Returns (model in eval mode on device, NoiseSchedule on device, TrainConfig).
+    """
+    from .schedule import NoiseSchedule
+    from .unet import UNet
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"])
+    model = UNet(cfg.model)
+    key = "ema" if ema and ckpt.get("ema") is not None else "model"
+    try:
+        model.load_state_dict(ckpt[key])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the saved model config: {e}") from e
+    return model.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion).to(device), cfg
