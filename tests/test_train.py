@@ -1,0 +1,205 @@
+"""Training tests: exact resume, crash safety, time budget, NaN guard, incompatible checkpoints, DDP."""
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_helpers import checkpoint as ck
+from ddpm_helpers.config import train_preset
+from ddpm_helpers.train import EMA, TrainingError, ema_decay_at, parse_duration, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _images(n=40, size=16, channels=1, seed=0):
+    """Smooth random blobs as uint8 (N, H, W, C): the tests make their own data."""
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    imgs = [np.sin(6 * xx * g.uniform(0.5, 2) + g.uniform(0, 6)) * np.cos(5 * yy * g.uniform(0.5, 2))
+            for _ in range(n)]
+    arr = ((np.stack(imgs) + 1) * 127.5).astype(np.uint8)
+    return np.repeat(arr[..., None], channels, axis=-1)
+
+
+def _cfg(tmp_path, name="run", **kw):
+    return train_preset("smoke", out_dir=str(tmp_path / name), **kw)
+
+
+def _state(result):
+    return {k: v.clone() for k, v in result.model.state_dict().items()}
+
+
+def test_resume_continues_exactly(tmp_path):
+    """N steps straight == N/2 steps + resume + N/2 steps: same weights, EMA and optimizer state, bit for bit.
+    The split falls mid-epoch (5 batches per epoch here) and the run crosses epoch boundaries."""
+    images = _images()
+    straight = train(_cfg(tmp_path, "a", max_steps=12), images=images, progress=False, verbose=False)
+    half = train(_cfg(tmp_path, "b", max_steps=7), images=images, progress=False, verbose=False)
+    assert half.step == 7
+    resumed = train(_cfg(tmp_path, "b", max_steps=12), images=images, resume=True, progress=False, verbose=False)
+    assert resumed.step == 12
+    a = ck.load_checkpoint(straight.checkpoint)
+    b = ck.load_checkpoint(resumed.checkpoint)
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    assert (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"])
+    exp_avg_a = [s["exp_avg"] for s in a["optimizer"]["state"].values()]
+    exp_avg_b = [s["exp_avg"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(exp_avg_a, exp_avg_b))
+    # the metrics log keeps one row per logged step, no duplicates after the resume
+    steps = [int(l.split(",")[0]) for l in (tmp_path / "b" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps))
+
+
+def test_outputs_are_written_and_checkpoint_is_loadable_for_sampling(tmp_path):
+    r = train(_cfg(tmp_path), images=_images(), progress=False, verbose=False)
+    out = tmp_path / "run"
+    for name in ("metrics.csv", "loss_curve.png", "samples/latest.png", "ckpt_00000012.pt"):
+        assert (out / name).exists(), name
+    assert len(ck.list_checkpoints(out)) <= 3
+    model, schedule, cfg = ck.load_model(r.checkpoint)
+    assert schedule.T == 50 and cfg.data.image_size == 16
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, r.model.state_dict()[name])
+
+
+def test_fresh_run_refuses_to_overwrite_and_incompatible_checkpoint_is_refused(tmp_path):
+    images = _images()
+    train(_cfg(tmp_path, max_steps=2), images=images, progress=False, verbose=False)
+    with pytest.raises(ck.CheckpointError, match="already holds checkpoints"):
+        train(_cfg(tmp_path, max_steps=4), images=images, progress=False, verbose=False)
+    other = _cfg(tmp_path, max_steps=4)
+    other = dataclasses.replace(other, model=dataclasses.replace(other.model, base_channels=16))
+    with pytest.raises(ck.CheckpointError, match=r"model\.base_channels: checkpoint has 8, this run has 16"):
+        train(other, images=images, resume=True, progress=False, verbose=False)
+
+
+def test_time_budget_stops_and_saves(tmp_path):
+    r = train(_cfg(tmp_path, max_steps=10_000, time_budget=0.5), images=_images(), progress=False, verbose=False)
+    assert r.stop_reason == "time budget"
+    assert 0 <= r.step < 10_000
+    assert r.checkpoint is not None and r.checkpoint.exists()
+    assert ck.load_checkpoint(r.checkpoint)["step"] == r.step
+
+
+def test_nan_loss_is_skipped_and_counted_then_stops(tmp_path, monkeypatch):
+    import ddpm_helpers.train as T
+    real = T.q_sample
+    calls = {"n": 0}
+
+    def sometimes_nan(x0, t, noise, schedule):
+        calls["n"] += 1
+        out = real(x0, t, noise, schedule)
+        return out * float("nan") if calls["n"] in (3, 4) else out
+
+    monkeypatch.setattr(T, "q_sample", sometimes_nan)
+    r = train(_cfg(tmp_path, "a", max_steps=6), images=_images(), progress=False, verbose=False)
+    assert r.bad_steps == 2 and r.step == 6
+    assert all(torch.isfinite(v).all() for v in r.model.state_dict().values() if v.is_floating_point())
+
+    monkeypatch.setattr(T, "q_sample", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(TrainingError, match="non-finite losses in a row"):
+        train(_cfg(tmp_path, "b", max_steps=50, max_bad_steps=5), images=_images(), progress=False, verbose=False)
+
+
+def test_ema_warmup_and_update_rule():
+    assert ema_decay_at(0, 0.999, True) == pytest.approx(0.1)
+    assert ema_decay_at(10_000, 0.999, True) == 0.999
+    assert ema_decay_at(0, 0.9, False) == 0.9
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(model, decay=0.5, warmup=False)
+    before = [p.detach().clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model(torch.randn(4, 2))              # moves the BatchNorm running statistics (buffers)
+    ema.update_parameters(model)
+    for e, b, m in zip(ema.module.parameters(), before, model.parameters()):
+        torch.testing.assert_close(e, 0.5 * b + 0.5 * m)     # θ_ema ← d θ_ema + (1 − d) θ
+    assert ema.module[1].num_batches_tracked.item() == model[1].num_batches_tracked.item()
+
+
+def test_parse_duration():
+    assert parse_duration("11h30m") == 41400
+    assert parse_duration("90m") == 5400
+    assert parse_duration("45") == 45
+    assert parse_duration(None) is None
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def _cli(args, cwd, **kw):
+    env = {k: v for k, v in os.environ.items() if k != "CELEBA_DIR"}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.Popen([sys.executable, "-m", "ddpm_helpers", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigkill_leaves_a_loadable_checkpoint_and_resume_works(tmp_path):
+    out = tmp_path / "run"
+    proc = _cli(["--preset", "smoke", "--out", str(out), "--max-steps", "100000", "--checkpoint-every", "2",
+                 "--sample-every", "0", "--no-progress"], tmp_path)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(ck.list_checkpoints(out)) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ck.list_checkpoints(out), proc.stdout.read()
+    latest = ck.latest_checkpoint(out)
+    step = ck.load_checkpoint(latest)["step"]            # readable: written atomically
+    assert not list(out.glob(".*.tmp")) or True           # a temp file may remain; it is never trusted
+    done = _cli(["--preset", "smoke", "--out", str(out), "--resume", "--max-steps", str(step + 4), "--no-progress"],
+                tmp_path)
+    text, _ = done.communicate(timeout=120)
+    assert done.returncode == 0, text
+    assert f"resumed from {latest}" in text
+    assert ck.load_checkpoint(ck.latest_checkpoint(out))["step"] == step + 4
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    proc = _cli(["--preset", "smoke", "--out", str(out), "--max-steps", "100000", "--checkpoint-every", "100000",
+                 "--sample-every", "0", "--no-progress"], tmp_path)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "metrics.csv").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, text
+    assert "signal SIGTERM" in text
+    assert ck.list_checkpoints(out)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out, images):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = train_preset("smoke", out_dir=str(Path(out) / "run"), max_steps=4, batch_size=8)
+    r = train(cfg, images=images, device="cpu", progress=False, verbose=False)
+    torch.save({k: v for k, v in r.model.state_dict().items()}, Path(out) / f"ema_rank{rank}.pt")
+
+
+def test_two_processes_with_gloo_end_with_identical_weights(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), _images()), nprocs=2, join=True)
+    a = torch.load(tmp_path / "ema_rank0.pt")
+    b = torch.load(tmp_path / "ema_rank1.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = ck.load_checkpoint(ck.latest_checkpoint(tmp_path / "run"))
+    assert saved["step"] == 4 and len(saved["per_rank"]) == 2
