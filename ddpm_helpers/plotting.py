@@ -80,3 +80,272 @@ def plot_loss_curve(csv_path: PathLike, out_path: Optional[PathLike] = None, tit
         if matplotlib.get_backend().lower() == "agg":
             plt.close(fig)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Teaching figures of notebooks 01–03 (forward process, schedules, time embedding, U-Net levels)
+# ---------------------------------------------------------------------------------------------
+def save_figure(fig, stem: PathLike, formats: Sequence[str] = ("png",), dpi: int = 120) -> list:
+    """Write fig as stem.png (and stem.pdf, ...) with no timestamp, so a re-run rewrites the same bytes.
+
+    Returns the written paths. Closes the figure under a non-interactive backend (Agg), as in CI.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None} if fmt == "png" else None
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=metadata)
+        paths.append(path)
+    if matplotlib.get_backend().lower() == "agg":
+        plt.close(fig)
+    return paths
+
+
+def plot_image_rows(rows: dict, col_titles: Sequence[str], scale: float = 1.3):
+    """A grid with one row per entry of rows {label: images (K, C, H, W) in [−1, 1]} and K titled columns."""
+    import matplotlib.pyplot as plt
+    n_rows, n_cols = len(rows), len(col_titles)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows + 0.3), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.imshow(to_unit_range(images[c].detach().cpu()).permute(1, 2, 0).squeeze(-1).numpy(),
+                      cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col_titles[c], fontsize=9)
+        axes[r][0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _report_steps(schedule) -> torch.Tensor:
+    """The report's step numbers 1 … T for the 0-based indices 0 … T−1."""
+    return torch.arange(1, schedule.T + 1)
+
+
+def plot_schedules(schedules: Sequence):
+    """β_t (log scale) and ᾱ_t against the report's t = 1 … T, one line per NoiseSchedule."""
+    import matplotlib.pyplot as plt
+    fig, (ax_b, ax_a) = plt.subplots(1, 2, figsize=(9, 3.3))
+    for s in schedules:
+        ax_b.plot(_report_steps(s), s.betas, label=s.name)
+        ax_a.plot(_report_steps(s), s.alpha_bars, label=s.name)
+    ax_b.set_yscale("log")
+    ax_b.set_title(r"noise added per step $\beta_t$")
+    ax_a.set_title(r"signal kept $\bar\alpha_t = \prod_{s=1}^{t} (1 - \beta_s)$")
+    for ax in (ax_b, ax_a):
+        ax.set_xlabel("t")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_log_snr(schedules: Sequence):
+    """log SNR(t) = log(ᾱ_t / (1 − ᾱ_t)) against the report's t, one line per NoiseSchedule; 0 = equal power."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    for s in schedules:
+        ax.plot(_report_steps(s), s.snr().log(), label=s.name)
+    ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
+    ax.set_xlabel("t")
+    ax.set_ylabel(r"$\log \mathrm{SNR}(t) = \log \frac{\bar\alpha_t}{1-\bar\alpha_t}$")
+    ax.set_title("signal-to-noise ratio")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_forward_moments(steps: Sequence[int], mean_coef: Sequence[float], variance: Sequence[float], schedule):
+    """Moments of x_t measured on simulated Markov chains (dots) against the closed form (lines).
+
+    steps: 0-based indices; mean_coef: fitted slope of E[x_t] on x_0 (closed form √ᾱ_t); variance:
+    pixel-averaged Var[x_t] (closed form 1 − ᾱ_t).
+    """
+    import matplotlib.pyplot as plt
+    t_report = [s + 1 for s in steps]
+    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    ax.plot(_report_steps(schedule), schedule.sqrt_alpha_bars, color="C0", label=r"$\sqrt{\bar\alpha_t}$ (closed form)")
+    ax.plot(_report_steps(schedule), 1 - schedule.alpha_bars, color="C1", label=r"$1-\bar\alpha_t$ (closed form)")
+    ax.plot(t_report, mean_coef, "o", ms=3, color="C0", label=r"chain: slope of $E[x_t]$ on $x_0$")
+    ax.plot(t_report, variance, "s", ms=3, color="C1", label=r"chain: $\mathrm{Var}[x_t]$")
+    ax.set_xlabel("t")
+    ax.set_title("iterated chain vs closed form")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_embedding_heatmap(emb: torch.Tensor):
+    """Heat map of sinusoidal embeddings (T, d): rows = timestep index t, columns = dimension."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    im = ax.imshow(emb.detach().cpu().numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
+                   interpolation="nearest")
+    ax.set_xlabel("dimension (even: sin, odd: cos)")
+    ax.set_ylabel("timestep index t")
+    ax.set_title(f"sinusoidal time embedding, d = {emb.shape[1]}")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def plot_similarity_matrices(matrices: dict, ts: torch.Tensor):
+    """Side-by-side heat maps of similarity matrices {title: (N, N)} between the embeddings of timesteps ts (N,)."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.6), squeeze=False)
+    extent = [float(ts[0]), float(ts[-1]), float(ts[-1]), float(ts[0])]
+    for ax, (title, m) in zip(axes[0], matrices.items()):
+        im = ax.imshow(m.detach().cpu().numpy(), cmap="viridis", vmin=-1, vmax=1, extent=extent, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("t")
+        ax.set_ylabel("s")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def plot_similarity_by_lag(lags: torch.Tensor, similarity: torch.Tensor):
+    """Cosine similarity of e_t and e_{t+Δ} against the lag Δ (it depends on Δ only)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.0))
+    ax.plot(lags, similarity)
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel(r"lag $\Delta = |t - s|$")
+    ax.set_ylabel(r"$e_t \cdot e_s \,/\, (d/2)$")
+    ax.set_title("nearby timesteps have similar embeddings")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_unet_levels(tables: dict):
+    """Bar charts of channels per stage of U-Nets, annotated with the feature-map side.
+
+    tables: {model name: [(stage name, (B, C, H, W) output shape), ...]} in forward order.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 3.6), squeeze=False, sharey=True)
+    for ax, (name, rows) in zip(axes[0], tables.items()):
+        labels = [stage for stage, _ in rows]
+        channels = [shape[1] for _, shape in rows]
+        bars = ax.bar(range(len(rows)), channels, color=[_stage_color(s) for s in labels])
+        for bar, (_, shape) in zip(bars, rows):
+            ax.annotate(f"{shape[1]}\n{shape[2]}×{shape[3]}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=6.5)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels, rotation=60, fontsize=8)
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.set_ylabel("channels (labels: C and H×W)")
+        ax.set_title(name)
+        ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def _stage_color(stage: str) -> str:
+    """Encoder stages blue, bottleneck red, decoder green, the rest gray."""
+    if stage.startswith(("inc", "down")):
+        return "C0"
+    if stage.startswith(("attn", "bottleneck")):
+        return "C3"
+    if stage.startswith("up"):
+        return "C2"
+    return "0.6"
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and sampling figures of notebooks 04–05 (metrics panels, titled grids, trajectories)
+# ---------------------------------------------------------------------------------------------
+_METRIC_LABELS = {"loss": r"$L_{simple}$ (logged mean)", "lr": "learning rate",
+                  "grad_norm": r"gradient norm $\|\nabla_\theta L\|$ (before clipping)",
+                  "images_per_s": "images / s"}
+
+
+def plot_training_metrics(csv_path: PathLike, columns: Sequence[str] = ("loss", "lr", "grad_norm"),
+                          resumed_at: Sequence[int] = (), grad_clip: Optional[float] = None, smooth: float = 0.9):
+    """One panel per column of a training metrics CSV (train.MetricsLog) against the optimizer step.
+
+    "loss" is drawn raw and exponentially smoothed on a log scale; "grad_norm" (the mean norm before clipping)
+    gets a dotted line at grad_clip when given. resumed_at: steps where a session resumed from a checkpoint,
+    drawn as dashed vertical lines in every panel. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    m = read_metrics(csv_path)
+    steps = m.get("step", [])
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns), 3.3), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        values = m.get(col, [])
+        if col == "loss" and values:
+            ax.plot(steps, values, color="0.75", lw=0.8, label="logged mean")
+            ema, s = [], None
+            for v in values:
+                s = v if s is None else smooth * s + (1 - smooth) * v
+                ema.append(s)
+            ax.plot(steps, ema, color="C0", lw=1.5, label=f"smoothed ({smooth})")
+            ax.set_yscale("log")
+        elif values:
+            ax.plot(steps, values, color="C1" if col == "lr" else "C2", lw=1.2, label=col)
+        if col == "grad_norm" and grad_clip:
+            ax.axhline(grad_clip, color="C3", ls=":", lw=1, label=f"clip at {grad_clip:g}")
+        for i, step in enumerate(resumed_at):
+            ax.axvline(step, color="0.3", ls="--", lw=0.9, label="resumed" if i == 0 else None)
+        ax.set_xlabel("optimizer step")
+        ax.set_title(_METRIC_LABELS.get(col, col), fontsize=10)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_titled_grids(grids: dict, nrow: Optional[int] = None, suptitle: Optional[str] = None,
+                      scale: float = 3.2):
+    """Image grids side by side, one titled panel per entry of grids {title: images (B, C, H, W)}.
+
+    Images in [−1, 1] (or uint8), gray or RGB; nrow images per grid row (default: about √B). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(grids), figsize=(scale * len(grids), scale + 0.5), squeeze=False)
+    for ax, (title, images) in zip(axes[0], grids.items()):
+        ax.imshow(image_grid(images, nrow=nrow).permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_trajectories(trajectories: dict, index: int = 0, steps: Optional[Sequence[int]] = None,
+                      finals: Optional[dict] = None, scale: float = 1.1):
+    """x_t and the network's guess x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ) / √ᾱ_t along sampling runs, two rows per run.
+
+    trajectories: {label: diffusion.Trajectory} (kept states xt, x0_pred (K, B, C, H, W)); index: which image
+    of the batch. steps: 0-based timestep indices to show (default: those kept by every run), titled with the
+    report's t = index + 1. finals: optional {label: x_0 (B, C, H, W)} shown in a last column. Returns the figure.
+    """
+    if steps is None:
+        common = set.intersection(*(set(tr.steps) for tr in trajectories.values()))
+        steps = sorted(common, reverse=True)
+    rows = {}
+    for label, tr in trajectories.items():
+        k = [tr.steps.index(s) for s in steps]
+        xt, x0 = tr.xt[k, index], tr.x0_pred[k, index]                      # (K, C, H, W)
+        if finals is not None:
+            last = finals[label][index:index + 1].detach().float().cpu()
+            xt, x0 = torch.cat([xt, last]), torch.cat([x0, last])
+        rows[f"{label}\n$x_t$"] = xt
+        rows[f"{label}\n$\\hat x_0$"] = x0
+    titles = [f"t = {s + 1}" for s in steps] + (["$x_0$ (final)"] if finals is not None else [])
+    return plot_image_rows(rows, titles, scale=scale)

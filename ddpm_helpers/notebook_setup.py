@@ -1,0 +1,206 @@
+"""What the first cell of every notebook calls: where am I, what hardware and data do I have, how big a run?
+
+The first code cell of each notebook (identical in all of them) makes ``ddpm_helpers`` importable and then
+runs ``RUN = setup()``. ``setup`` detects the environment (a clone, Kaggle, Colab, CI), finds CelebA, picks
+the full or the small configuration, prints one line that says which, and returns a frozen :class:`Run`.
+
+The cell has to find the package before it can import it, so it carries a five-line copy of
+:func:`find_package_source`; tests/test_kaggle.py runs both on the same fake ``/kaggle/input`` trees.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+KAGGLE_INPUT = Path("/kaggle/input")  # overridden by $DDPM_KAGGLE_INPUT (tests point it at a fake tree)
+KAGGLE_WORKING = Path("/kaggle/working")
+PACKAGE = "ddpm_helpers"
+PACKAGE_SEARCH_DEPTH = 5  # look at depths 0–4: /kaggle/input/datasets/<owner>/<slug>/ddpm_helpers is at depth 3
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a notebook runs and how big its run is.
+
+    on_kaggle, on_colab: the hosting service. in_ci: env CI is set or DDPM_SMALL=1 (always the small run).
+    device: "cuda" or "cpu"; n_gpus: visible CUDA devices. celeba: the CelebALocation found, or None
+    (then the notebooks use the offline LFW faces). celeba_is_sample: celeba is the small test sample
+    ($DDPM_SHARED_DATA/celeba_sample).
+    full: True only on a GPU, with the real CelebA, outside CI. figures_dir: where figures go (the repository's
+    figures/ in a clone, /kaggle/working/figures on Kaggle). out_dir: runs, checkpoints and samples
+    (the repository's runs/ in a clone, /kaggle/working on Kaggle). repo_root: the clone's root, or None.
+    """
+
+    on_kaggle: bool
+    on_colab: bool
+    in_ci: bool
+    device: str
+    n_gpus: int
+    full: bool
+    celeba: Optional[Any]
+    celeba_is_sample: bool
+    figures_dir: Path
+    out_dir: Path
+    repo_root: Optional[Path]
+
+    def pick(self, small, full):
+        """The value for this run size: ``RUN.pick(small=32, full=64)``."""
+        return full if self.full else small
+
+    def describe(self) -> str:
+        """The one-line announcement that setup() prints."""
+        gpus = f"cuda ×{self.n_gpus}" if self.device == "cuda" else "CPU"
+        if self.celeba is None:
+            data = "no CelebA found → offline LFW faces"
+        elif self.celeba_is_sample:
+            data = f"CelebA test sample at {self.celeba.image_dir}"
+        else:
+            data = f"CelebA at {self.celeba.image_dir}"
+        where = "Kaggle" if self.on_kaggle else "Colab" if self.on_colab else "CI" if self.in_ci else "local"
+        size = "Full run" if self.full else "Small configuration"
+        return f"{size} ({where}): {gpus}, {data}, figures to {self.figures_dir}, outputs to {self.out_dir}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the package (what the first cell does before it can import anything)
+# ---------------------------------------------------------------------------------------------
+def kaggle_input_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
+    """/kaggle/input, or $DDPM_KAGGLE_INPUT when set."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("DDPM_KAGGLE_INPUT") or KAGGLE_INPUT)
+
+
+def find_package_source(kaggle_input: Optional[PathLike] = None, cwd: Optional[PathLike] = None) -> Optional[Path]:
+    """Where to import ddpm_helpers from when it is not installed: a folder to put on sys.path, or a wheel.
+
+    Looks, in order, for ``ddpm_helpers/__init__.py`` in cwd's parent (a clone: notebooks/ is one level
+    under the repository root), in cwd, in cwd's sub-folders (Colab after ``git clone``), then under
+    kaggle_input at depths 0–4 for a ``ddpm_helpers`` folder or a ``ddpm_helpers*.whl`` (both mount schemes:
+    ``/kaggle/input/<slug>/`` and ``/kaggle/input/datasets/<owner>/<slug>/``). The depth bound keeps the
+    search out of CelebA's 202,599 JPEGs. Returns the folder that holds ``ddpm_helpers/``, the wheel, or None.
+    """
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    kaggle_input = Path(kaggle_input) if kaggle_input is not None else kaggle_input_dir()
+    hits = [here.parent / PACKAGE, here / PACKAGE, *sorted(here.glob(f"*/{PACKAGE}"))]
+    hits += [p for depth in range(PACKAGE_SEARCH_DEPTH) for p in sorted(kaggle_input.glob("*/" * depth + PACKAGE + "*"))]
+    for p in hits:
+        if p.suffix == ".whl" and p.is_file():
+            return p
+        if (p / "__init__.py").is_file():
+            return p.parent
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Detecting the environment
+# ---------------------------------------------------------------------------------------------
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() not in FALSE_WORDS
+
+
+def is_small_forced(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True in CI (env CI set to anything but 0/false/no/off) or when DDPM_SMALL=1."""
+    environ = os.environ if environ is None else environ
+    return _flag(environ, "CI") or _flag(environ, "DDPM_SMALL")
+
+
+def is_kaggle(environ: Optional[Mapping[str, str]] = None, kaggle_working: PathLike = KAGGLE_WORKING) -> bool:
+    """A Kaggle notebook: KAGGLE_KERNEL_RUN_TYPE is set, or /kaggle/working exists."""
+    environ = os.environ if environ is None else environ
+    return bool(environ.get("KAGGLE_KERNEL_RUN_TYPE")) or Path(kaggle_working).is_dir()
+
+
+def is_colab(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """A Google Colab runtime: google.colab is imported or COLAB_RELEASE_TAG is set."""
+    environ = os.environ if environ is None else environ
+    return "google.colab" in sys.modules or bool(environ.get("COLAB_RELEASE_TAG"))
+
+
+def cuda_devices() -> int:
+    """Number of usable CUDA devices: 0 without CUDA, or when a first tiny op fails (e.g. a P100 without sm_60 kernels)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    try:
+        (torch.zeros(1, device="cuda") + 1).item()
+    except Exception as exc:  # noqa: BLE001 - any CUDA failure means: run on the CPU
+        print(f"CUDA is visible but unusable ({type(exc).__name__}: {exc}); using the CPU.")
+        return 0
+    return torch.cuda.device_count()
+
+
+def repository_root() -> Optional[Path]:
+    """The clone this package was imported from (the folder holding pyproject.toml and ddpm_helpers/), or None."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def locate_celeba(kaggle_input: Optional[PathLike] = None, repo_root: Optional[PathLike] = None,
+                  environ: Optional[Mapping[str, str]] = None):
+    """Find CelebA for a notebook: returns (CelebALocation or None, whether it is the test sample).
+
+    Order: $CELEBA_DIR (final: a wrong path raises DataNotFoundError), kaggle_input, ./data, <repo>/data,
+    then the test sample $DDPM_SHARED_DATA/celeba_sample. Never downloads.
+    """
+    from .data import DataNotFoundError, find_celeba
+
+    environ = os.environ if environ is None else environ
+    kaggle_input = Path(kaggle_input) if kaggle_input is not None else kaggle_input_dir(environ)
+    if environ.get("CELEBA_DIR"):
+        return find_celeba(environ["CELEBA_DIR"]), False
+    places = [None] + ([Path(repo_root) / "data"] if repo_root is not None else [])
+    for root in places:
+        if root is not None and not root.is_dir():
+            continue
+        try:
+            return find_celeba(root, kaggle_input), False
+        except DataNotFoundError:
+            pass
+    shared = environ.get("DDPM_SHARED_DATA")
+    if shared and (Path(shared) / "celeba_sample").is_dir():
+        try:
+            return find_celeba(Path(shared) / "celeba_sample"), True
+        except DataNotFoundError:
+            pass
+    return None, False
+
+
+def setup(kaggle_input: Optional[PathLike] = None, kaggle_working: PathLike = KAGGLE_WORKING,
+          environ: Optional[Mapping[str, str]] = None, announce: bool = True) -> Run:
+    """Detect the environment, find CelebA, choose the run size, make the output folders, print one line.
+
+    kaggle_input defaults to /kaggle/input (or $DDPM_KAGGLE_INPUT); environ to os.environ.
+
+    full = a usable GPU, the real CelebA (not the test sample) and not CI/DDPM_SMALL.
+    Figures go to $DDPM_FIGURES_DIR if set, else <repo>/figures in a clone, /kaggle/working/figures on
+    Kaggle, ./figures elsewhere; outputs to <repo>/runs, /kaggle/working, or ./runs.
+    """
+    environ = os.environ if environ is None else environ
+    on_kaggle, on_colab, in_ci = is_kaggle(environ, kaggle_working), is_colab(environ), is_small_forced(environ)
+    repo_root = None if on_kaggle else repository_root()
+    n_gpus = cuda_devices()
+    celeba, is_sample = locate_celeba(kaggle_input, repo_root, environ)
+    if on_kaggle:
+        figures_dir, out_dir = Path(kaggle_working) / "figures", Path(kaggle_working)
+    elif repo_root is not None:
+        figures_dir, out_dir = repo_root / "figures", repo_root / "runs"
+    else:
+        figures_dir, out_dir = Path.cwd() / "figures", Path.cwd() / "runs"
+    if environ.get("DDPM_FIGURES_DIR"):
+        figures_dir = Path(environ["DDPM_FIGURES_DIR"])
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(on_kaggle=on_kaggle, on_colab=on_colab, in_ci=in_ci, device="cuda" if n_gpus else "cpu",
+              n_gpus=n_gpus, full=bool(n_gpus and celeba is not None and not is_sample and not in_ci),
+              celeba=celeba, celeba_is_sample=is_sample, figures_dir=figures_dir, out_dir=out_dir,
+              repo_root=repo_root)
+    if announce:
+        print(run.describe())
+    return run
