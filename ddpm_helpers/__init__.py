@@ -13,3 +13,6 @@ from .schedule import NoiseSchedule
 from .unet import UNet, build_unet, count_parameters
 
 __version__ = "0.1.0"
+from .checkpoint import CheckpointError, latest_checkpoint, load_model
+from .generate import generate, sample_from_checkpoint, write_samples
+from .evaluate import MetricResult, MetricsUnavailable, SimpleFeatures, compute_metrics

@@ -1,0 +1,421 @@
+"""Generation from a trained model: image grids, and folders of single PNGs for metrics.
+
+Reproducibility: sample i's starting noise x_T depends only on (seed, i); it is drawn from its own
+generator seeded with ``seed * 1_000_003 + i``. The per-step noise of the stochastic samplers (DDPM,
+DDIM with η > 0) comes from one generator per batch, seeded with ``seed * 1_000_003 + first index``
+(+ a fixed offset), so a batch of the same indices always gives the same images. ``write_samples`` cuts
+the indices into aligned batches [k·B, (k+1)·B) and regenerates a whole batch whenever one of its files
+is missing, so a resumed folder holds exactly the images an uninterrupted run would have written.
+Deterministic DDIM (η = 0) depends on x_T alone, whatever the batching.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .diffusion import ddim_sample, ddpm_sample
+from .schedule import NoiseSchedule
+
+PathLike = Union[str, os.PathLike]
+
+SAMPLERS = ("ddpm", "ddim")
+VARIANCES = ("beta", "posterior")
+SEED_STRIDE = 1_000_003           # seeds of sample i: seed * SEED_STRIDE + i
+STEP_NOISE_OFFSET = 500_000_009   # keeps the per-step noise stream apart from every sample's x_T stream
+SAMPLES_JSON = "samples.json"
+SAMPLES_FORMAT = "ddpm_helpers/samples/1"
+# samples.json fields that must agree before new images may join a folder
+SETTING_KEYS = ("weights", "sampler", "steps", "eta", "variance", "seed", "timesteps", "schedule",
+                "image_size", "channels")
+
+
+class SampleFolderError(ValueError):
+    """A sample folder whose samples.json disagrees with the requested settings (mixing would corrupt metrics)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise and batches
+# ---------------------------------------------------------------------------------------------
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index``'s starting noise: seed · 1 000 003 + index."""
+    return seed * SEED_STRIDE + index
+
+
+def initial_noise(seed: int, start: int, count: int, shape: Sequence[int]) -> torch.Tensor:
+    """x_T ~ N(0, I) for samples start … start+count−1, each from its own CPU generator.
+
+    shape: (C, H, W). Returns (count, C, H, W) float32 on the CPU; sample i depends only on (seed, i).
+    """
+    noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(sample_seed(seed, i)))
+             for i in range(start, start + count)]
+    return torch.stack(noise) if noise else torch.empty(0, *shape)
+
+
+def _check_sampler(sampler: str, steps: Optional[int], eta: float, variance: str, T: int) -> None:
+    """Raise a ValueError naming the bad argument."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; use one of {VARIANCES}")
+    if sampler == "ddim" and (steps is None or not 1 <= steps <= T):
+        raise ValueError(f"DDIM steps must be between 1 and T={T}, got {steps}")
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+
+
+def _model_image_shape(model: nn.Module, image_size: Optional[int], channels: Optional[int]) -> tuple:
+    """(C, H, W) from the arguments, else from the U-Net's config (cfg.in_channels, cfg.image_size)."""
+    cfg = getattr(model, "cfg", None)
+    channels = channels or getattr(cfg, "in_channels", None)
+    image_size = image_size or getattr(cfg, "image_size", None)
+    if channels is None or image_size is None:
+        raise ValueError("pass image_size and channels: the model's config does not give them")
+    return (int(channels), int(image_size), int(image_size))
+
+
+def _default_device(model: nn.Module, device) -> torch.device:
+    """The given device, else the device of the model's parameters (CPU for a parameterless callable)."""
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def sample_batch(model: nn.Module, schedule: NoiseSchedule, start: int, count: int, shape: Sequence[int],
+                 sampler: str = "ddim", steps: int = 50, eta: float = 0.0, variance: str = "beta", seed: int = 0,
+                 device=None, progress: bool = False) -> torch.Tensor:
+    """Samples start … start+count−1 in one call of ddpm_sample (Ho et al. Alg. 2) or ddim_sample (Song et al. Eq. 12).
+
+    shape: (C, H, W). Returns x_0 (count, C, H, W) float32 on the CPU, clamped to [−1, 1].
+    """
+    device = _default_device(model, device)
+    x_T = initial_noise(seed, start, count, shape).to(device)
+    step_noise = torch.Generator().manual_seed(sample_seed(seed, start) + STEP_NOISE_OFFSET)
+    if sampler == "ddpm":
+        x = ddpm_sample(model, x_T.shape, schedule, generator=step_noise, device=device, variance=variance,
+                        noise=x_T, progress=progress)
+    else:
+        x = ddim_sample(model, x_T.shape, schedule, steps=steps, eta=eta, generator=step_noise, device=device,
+                        noise=x_T, progress=progress)
+    return x.float().cpu()
+
+
+class _EvalMode:
+    """Context manager: the model in eval mode inside, its previous mode restored after."""
+
+    def __init__(self, model):
+        self.model, self.was_training = model, getattr(model, "training", False)
+
+    def __enter__(self):
+        if hasattr(self.model, "eval"):
+            self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        if hasattr(self.model, "train"):
+            self.model.train(self.was_training)
+
+
+def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: str = "ddim", steps: int = 50,
+             eta: float = 0.0, variance: str = "beta", batch_size: int = 64, seed: int = 0, device=None,
+             image_size: Optional[int] = None, channels: Optional[int] = None, progress: bool = True,
+             start: int = 0) -> torch.Tensor:
+    """Draw n samples in batches with DDPM (all T steps; ``variance`` picks σ_t) or DDIM (``steps``, ``eta``).
+
+    Sample i (i = start … start+n−1) starts from x_T seeded by (seed, i); DDIM with η = 0 is then independent
+    of n and batching, while the stochastic samplers' step noise is seeded per batch (by its first index).
+    image_size/channels default to the model's config; the model is moved to ``device`` if given and
+    run in eval mode (its mode is restored). Returns (n, C, H, W) float32 in [−1, 1] on the CPU.
+    """
+    _check_sampler(sampler, steps, eta, variance, schedule.T)
+    if n < 0 or batch_size < 1:
+        raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    shape = _model_image_shape(model, image_size, channels)
+    device = _default_device(model, device)
+    if hasattr(model, "to"):
+        model.to(device)
+    schedule = schedule.to(device)
+    out = torch.empty(n, *shape)
+    with _EvalMode(model):
+        bar = tqdm(total=n, desc=f"{sampler.upper()} samples", unit="img", disable=not progress)
+        for lo in range(0, n, batch_size):
+            count = min(batch_size, n - lo)
+            out[lo:lo + count] = sample_batch(model, schedule, start + lo, count, shape, sampler, steps, eta,
+                                              variance, seed, device, progress)
+            bar.update(count)
+        bar.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder of single PNGs (resumable)
+# ---------------------------------------------------------------------------------------------
+def sample_path(out_dir: PathLike, index: int) -> Path:
+    """Where sample ``index`` goes: out_dir/000123.png (six digits, more when needed)."""
+    return Path(out_dir) / f"{index:06d}.png"
+
+
+def write_png_atomic(image: torch.Tensor, path: PathLike) -> Path:
+    """Write one image (C, H, W) in [−1, 1] as an 8-bit PNG: a temporary name in the same folder, then os.replace.
+
+    The uint8 conversion is data.from_model_range's round((x + 1) · 127.5), the inverse of the training data's map.
+    """
+    import torchvision
+    from .data import from_model_range
+    path = Path(path)
+    png = torchvision.io.encode_png(from_model_range(image.cpu()))   # (C, H, W) uint8 → PNG bytes
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(png.numpy().tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short SHA-256 of the model's state dict (names, shapes and bytes): identifies the weights in samples.json."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def sample_settings(model: nn.Module, schedule: NoiseSchedule, sampler: str, steps: int, eta: float,
+                    variance: str, seed: int, shape: Sequence[int]) -> Dict[str, Any]:
+    """The settings that decide which images a folder holds (compared on resume); irrelevant ones are None."""
+    return {"weights": weights_fingerprint(model), "sampler": sampler,
+            "steps": schedule.T if sampler == "ddpm" else int(steps),
+            "eta": float(eta) if sampler == "ddim" else None,
+            "variance": variance if sampler == "ddpm" else None,
+            "seed": int(seed), "timesteps": schedule.T, "schedule": schedule.name,
+            "image_size": int(shape[-1]), "channels": int(shape[0])}
+
+
+def read_samples_json(out_dir: PathLike) -> Optional[Dict[str, Any]]:
+    """The folder's samples.json as a dict, or None when there is none."""
+    path = Path(out_dir) / SAMPLES_JSON
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json_atomic(record: Dict[str, Any], path: Path) -> None:
+    """json.dump to a temporary file, then os.replace."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _check_folder(existing: Optional[Dict[str, Any]], settings: Dict[str, Any], out_dir: Path) -> None:
+    """Refuse a folder whose samples.json was written with other settings, or that has PNGs but no samples.json."""
+    if existing is None:
+        if any(out_dir.glob("[0-9]*.png")):
+            raise SampleFolderError(f"{out_dir} holds PNGs but no {SAMPLES_JSON}: cannot tell how they were made. "
+                                    "Use an empty folder.")
+        return
+    diffs = [f"{k}: folder has {existing.get(k)!r}, requested {settings[k]!r}"
+             for k in SETTING_KEYS if existing.get(k) != settings[k]]
+    if diffs:
+        raise SampleFolderError(f"{out_dir} was written with other settings; refusing to mix samples:\n  "
+                                + "\n  ".join(diffs) + "\nUse another --out-dir, or the folder's own settings.")
+
+
+@dataclass
+class WriteReport:
+    """What write_samples did: how many PNGs it wrote and skipped (already there), and where."""
+
+    out_dir: Path
+    written: int
+    skipped: int
+    n: int
+
+
+def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, n: int, sampler: str = "ddim",
+                  steps: int = 50, eta: float = 0.0, variance: str = "beta", batch_size: int = 64, seed: int = 0,
+                  device=None, image_size: Optional[int] = None, channels: Optional[int] = None,
+                  progress: bool = True, info: Optional[Dict[str, Any]] = None) -> WriteReport:
+    """Write samples 0 … n−1 as out_dir/000000.png …, resumably: only batches with a missing file are generated.
+
+    Batches are aligned, [k·B, (k+1)·B), so a regenerated batch matches the first run's images exactly; only
+    its missing files are written (atomically). out_dir/samples.json records the settings (and ``info``, e.g.
+    the checkpoint path) and a folder written with other settings is refused (SampleFolderError).
+    """
+    _check_sampler(sampler, steps, eta, variance, schedule.T)
+    if n < 0 or batch_size < 1:
+        raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shape = _model_image_shape(model, image_size, channels)
+    settings = sample_settings(model, schedule, sampler, steps, eta, variance, seed, shape)
+    existing = read_samples_json(out_dir)
+    _check_folder(existing, settings, out_dir)
+    for stale in out_dir.glob(".*.png.*.tmp"):          # temporary files of an interrupted write
+        stale.unlink(missing_ok=True)
+    record = {**(existing or {}), **(info or {}), **settings, "format": SAMPLES_FORMAT, "batch_size": batch_size,
+              "n": max(n, int((existing or {}).get("n", 0)))}
+    _write_json_atomic(record, out_dir / SAMPLES_JSON)
+
+    missing = [i for i in range(n) if not sample_path(out_dir, i).exists()]
+    batches = sorted({i // batch_size for i in missing})
+    device = _default_device(model, device)
+    if hasattr(model, "to"):
+        model.to(device)
+    schedule = schedule.to(device)
+    todo = set(missing)
+    with _EvalMode(model):
+        bar = tqdm(total=len(missing), desc=f"{sampler.upper()} → {out_dir.name}", unit="img", disable=not progress)
+        for k in batches:
+            lo, hi = k * batch_size, min((k + 1) * batch_size, n)
+            images = sample_batch(model, schedule, lo, hi - lo, shape, sampler, steps, eta, variance, seed, device,
+                                  progress)
+            for i in range(lo, hi):
+                if i in todo:
+                    write_png_atomic(images[i - lo], sample_path(out_dir, i))
+                    bar.update(1)
+        bar.close()
+    return WriteReport(out_dir, written=len(missing), skipped=n - len(missing), n=n)
+
+
+def read_sample_folder(out_dir: PathLike, limit: Optional[int] = None) -> torch.Tensor:
+    """Read the PNGs of a sample folder (at most ``limit``), in index order. Returns uint8 (N, C, H, W)."""
+    import torchvision
+    files = sorted((p for p in Path(out_dir).glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))[:limit]
+    if not files:
+        raise FileNotFoundError(f"no sample PNGs in {out_dir}")
+    return torch.stack([torchvision.io.read_image(str(p)) for p in files])
+
+
+# ---------------------------------------------------------------------------------------------
+# From a checkpoint, and the command line
+# ---------------------------------------------------------------------------------------------
+def resolve_checkpoint(path: PathLike) -> Path:
+    """A checkpoint file, or the newest ckpt_*.pt in a run folder; CheckpointError with the reason otherwise."""
+    from .checkpoint import CheckpointError, latest_checkpoint
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
+    found = latest_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"no checkpoint in {path}: it holds no ckpt_*.pt file (train first, or point "
+                              "--checkpoint at a .pt file)")
+    return found
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class SampleRun:
+    """The result of sample_from_checkpoint: the grid's images (N, C, H, W) in [−1, 1] and path, and the folder report."""
+
+    checkpoint: Path
+    images: Optional[torch.Tensor] = None
+    grid: Optional[Path] = None
+    folder: Optional[WriteReport] = None
+
+
+GRID_FROM_FOLDER_MAX = 64   # with both --out and --out-dir, the grid shows the first images of the folder
+
+
+def sample_from_checkpoint(checkpoint: PathLike, n: int = 64, sampler: str = "ddim", steps: Optional[int] = 50,
+                           eta: float = 0.0, seed: int = 0, out: Optional[PathLike] = None,
+                           out_dir: Optional[PathLike] = None, ema: bool = True, device=None, batch_size: int = 64,
+                           variance: Optional[str] = None, progress: bool = True) -> SampleRun:
+    """Load a checkpoint (EMA weights by default) and write a grid PNG to ``out`` and/or single PNGs to ``out_dir``.
+
+    checkpoint: a .pt file or a run folder (its newest checkpoint). variance: DDPM's σ_t, default the
+    checkpoint's DiffusionConfig.variance. steps: DDIM steps (None → 50); DDPM always runs all T.
+    With both outputs, the grid shows the folder's first min(n, 64) images (no second sampling run).
+    """
+    from .checkpoint import load_model
+    from .plotting import save_image_grid
+    if out is None and out_dir is None:
+        raise ValueError("give out (a grid PNG) and/or out_dir (a folder of single PNGs)")
+    path = resolve_checkpoint(checkpoint)
+    device = torch.device(device) if device is not None else default_device()
+    model, schedule, cfg = load_model(path, ema=ema, device=device)
+    variance = variance or cfg.diffusion.variance
+    steps = 50 if steps is None else steps
+    kw = dict(sampler=sampler, steps=steps, eta=eta, variance=variance, batch_size=batch_size, seed=seed,
+              device=device, image_size=cfg.data.image_size, channels=cfg.model.in_channels, progress=progress)
+    run = SampleRun(checkpoint=path)
+    if out_dir is not None:
+        info = {"checkpoint": str(path.resolve()), "ema": bool(ema),
+                "data": {"crop": cfg.data.crop, "image_size": cfg.data.image_size, "channels": cfg.data.channels,
+                         "split": cfg.data.split}}
+        run.folder = write_samples(model, schedule, out_dir, n, info=info, **kw)
+    if out is not None:
+        if out_dir is not None:
+            folder_images = read_sample_folder(out_dir, limit=min(n, GRID_FROM_FOLDER_MAX))  # uint8
+            run.images = folder_images.float() / 127.5 - 1.0                                  # → [−1, 1]
+        else:
+            run.images = generate(model, schedule, n, **kw)
+        run.grid = save_image_grid(run.images, out)
+    return run
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the ``sample`` subcommand's flags on parser; returns it."""
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
+    parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (default) or ddpm (all T steps)")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50); DDPM always uses T")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM η: 0 deterministic (default), 1 ≈ DDPM")
+    parser.add_argument("--variance", choices=VARIANCES, default=None,
+                        help="DDPM σ_t²: beta (the report's) or posterior (β̃); default: the checkpoint's")
+    parser.add_argument("--seed", type=int, default=0, help="sample i starts from noise seeded by (seed, i)")
+    parser.add_argument("--out", default=None, help="write one grid PNG here")
+    parser.add_argument("--out-dir", default=None, help="write single PNGs here (resumable; for metrics)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+    parser.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """Run the ``sample`` subcommand; returns 0. User errors raise SystemExit with a one-paragraph message."""
+    from .checkpoint import CheckpointError
+    if args.out is None and args.out_dir is None:
+        raise SystemExit("error: sample needs --out (a grid PNG) and/or --out-dir (single PNGs for metrics)")
+    if args.sampler == "ddpm" and args.steps is not None:
+        print("note: DDPM runs all T steps of the schedule; --steps is ignored (use --sampler ddim for fewer)",
+              file=sys.stderr)
+    try:
+        run = sample_from_checkpoint(args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps,
+                                     eta=args.eta, seed=args.seed, out=args.out, out_dir=args.out_dir,
+                                     ema=args.ema, device=args.device, batch_size=args.batch_size,
+                                     variance=args.variance, progress=not getattr(args, "quiet", False))
+    except (CheckpointError, SampleFolderError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    label = "DDPM" if args.sampler == "ddpm" else f"DDIM-{args.steps or 50} η={args.eta:g}"
+    weights = "EMA" if args.ema else "raw"
+    print(f"checkpoint: {run.checkpoint} ({weights} weights), sampler {label}, seed {args.seed}")
+    if run.folder is not None:
+        r = run.folder
+        print(f"{r.out_dir}: wrote {r.written} PNGs, kept {r.skipped} already there ({r.n} in all)")
+    if run.grid is not None:
+        print(f"grid of {len(run.images)} images: {run.grid}")
+    return 0
