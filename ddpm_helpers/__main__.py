@@ -55,8 +55,8 @@ def build_train_config(args: argparse.Namespace):
         top["time_budget"] = parse_duration(args.time_budget)
     if args.compile:
         top["compile"] = True
-    if args.no_channels_last:
-        top["channels_last"] = False
+    if args.channels_last is not None:
+        top["channels_last"] = args.channels_last == "on"
     if args.unet is not None:
         from .config import UNET_PRESETS
         c = cfg.model.in_channels
@@ -88,7 +88,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--amp", choices=["auto", "fp16", "bf16", "off"])
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
-    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--channels-last", choices=["on", "off"],
+                   help="memory format on CUDA (default: on for BatchNorm U-Nets, off for GroupNorm ones)")
     p.add_argument("--sample-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--log-every", type=int)

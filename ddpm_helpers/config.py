@@ -78,7 +78,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True          # decay ramps as min(decay, (1+n)/(10+n))
     amp: str = "auto"                # auto / fp16 / bf16 / off
-    channels_last: bool = True
+    channels_last: Optional[bool] = None  # None: on CUDA for BatchNorm models only (GroupNorm ones ran slower, H200)
     compile: bool = False
     seed: int = 0
     log_every: int = 50

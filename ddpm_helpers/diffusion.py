@@ -135,11 +135,16 @@ class _Recorder:
         return Trajectory(self.steps, torch.stack(self.xt), torch.stack(self.x0))
 
 
+def _randn(shape, device, generator):
+    """Standard normal noise on device, drawn from generator's device when one is given (so a CPU
+    generator gives the same numbers on every machine) and directly on device otherwise."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
 def _initial_noise(shape, device, generator, noise):
-    if noise is not None:
-        return noise.to(device)
-    x = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu")
-    return x.to(device)
+    return noise.to(device) if noise is not None else _randn(shape, device, generator)
 
 
 @torch.no_grad()
@@ -158,8 +163,7 @@ def ddpm_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule,
     rec = _Recorder(keep_steps)
     for i in tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
         t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-        z = torch.randn(x.shape, generator=generator, device=generator.device if generator else "cpu").to(device) \
-            if i > 0 else torch.zeros_like(x)
+        z = _randn(x.shape, device, generator) if i > 0 else torch.zeros_like(x)
         x_new, x0 = p_sample(model, x, t, schedule, noise=z, variance=variance, return_x0=True)
         rec(i, x, x0)
         x = x_new
@@ -227,7 +231,7 @@ def ddim_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, ste
         eps = model(x, t).float()
         z = None
         if eta > 0:
-            z = torch.randn(x.shape, generator=generator, device=generator.device if generator else "cpu").to(device)
+            z = _randn(x.shape, device, generator)
         x_new, x0 = ddim_step(x, t, t_prev, eps, schedule, eta=eta, noise=z, clip_x0=clip_x0)
         rec(tau, x, x0)
         x = x_new

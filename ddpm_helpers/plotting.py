@@ -273,10 +273,12 @@ _METRIC_LABELS = {"loss": r"$L_{simple}$ (logged mean)", "lr": "learning rate",
 
 
 def plot_training_metrics(csv_path: PathLike, columns: Sequence[str] = ("loss", "lr", "grad_norm"),
-                          resumed_at: Sequence[int] = (), grad_clip: Optional[float] = None, smooth: float = 0.9):
+                          resumed_at: Sequence[int] = (), grad_clip: Optional[float] = None,
+                          smooth: Optional[float] = None):
     """One panel per column of a training metrics CSV (train.MetricsLog) against the optimizer step.
 
-    "loss" is drawn raw and exponentially smoothed on a log scale; "grad_norm" (the mean norm before clipping)
+    "loss" is drawn raw and exponentially smoothed on a log scale (smooth: the EMA factor; default about
+    1 − 25/rows, so that short runs are not drowned by the lag); "grad_norm" (the mean norm before clipping)
     gets a dotted line at grad_clip when given. resumed_at: steps where a session resumed from a checkpoint,
     drawn as dashed vertical lines in every panel. Returns the figure.
     """
@@ -288,11 +290,13 @@ def plot_training_metrics(csv_path: PathLike, columns: Sequence[str] = ("loss", 
         values = m.get(col, [])
         if col == "loss" and values:
             ax.plot(steps, values, color="0.75", lw=0.8, label="logged mean")
+            factor = smooth if smooth is not None else round(1 - 1 / max(1.0, len(values) / 25), 2)
             ema, s = [], None
             for v in values:
-                s = v if s is None else smooth * s + (1 - smooth) * v
+                s = v if s is None else factor * s + (1 - factor) * v
                 ema.append(s)
-            ax.plot(steps, ema, color="C0", lw=1.5, label=f"smoothed ({smooth})")
+            if factor > 0:
+                ax.plot(steps, ema, color="C0", lw=1.5, label=f"smoothed ({factor:g})")
             ax.set_yscale("log")
         elif values:
             ax.plot(steps, values, color="C1" if col == "lr" else "C2", lw=1.2, label=col)

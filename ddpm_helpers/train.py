@@ -273,8 +273,7 @@ class Trainer:
         # model, EMA, optimizer ----------------------------------------------------------------
         self.schedule = NoiseSchedule.from_config(cfg.diffusion).to(self.device)
         self.model = UNet(cfg.model).to(self.device)
-        self.memory_format = torch.channels_last if (cfg.channels_last and self.device.type == "cuda") \
-            else torch.contiguous_format
+        self.memory_format = torch.channels_last if self._use_channels_last() else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         self.ema.eval()
@@ -306,6 +305,15 @@ class Trainer:
         torch.manual_seed(seed)
         np.random.seed(seed % 2 ** 32)
         random.seed(seed)
+
+    def _use_channels_last(self) -> bool:
+        """channels_last on CUDA: on for BatchNorm U-Nets (1.36× on an H200), off by default for GroupNorm ones,
+        whose norm kernels convert layouts back and forth (0.82× there; benchmarks/RESULTS.md)."""
+        if self.device.type != "cuda":
+            return False
+        if self.cfg.channels_last is None:
+            return self.cfg.model.norm == "batch"
+        return bool(self.cfg.channels_last)
 
     def _check_images(self, images: np.ndarray) -> None:
         want = (self.cfg.data.image_size, self.cfg.data.image_size, self.cfg.model.in_channels)
