@@ -14,5 +14,5 @@ from .unet import UNet, build_unet, count_parameters
 
 __version__ = "0.1.0"
 from .checkpoint import CheckpointError, latest_checkpoint, load_model
-from .generate import generate, sample_from_checkpoint, write_samples
+from .generate import sample_from_checkpoint, write_samples  # not `generate`: it would hide the module
 from .evaluate import MetricResult, MetricsUnavailable, SimpleFeatures, compute_metrics

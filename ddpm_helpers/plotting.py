@@ -320,9 +320,12 @@ def plot_titled_grids(grids: dict, nrow: Optional[int] = None, suptitle: Optiona
     Images in [−1, 1] (or uint8), gray or RGB; nrow images per grid row (default: about √B). Returns the figure.
     """
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(grids), figsize=(scale * len(grids), scale + 0.5), squeeze=False)
-    for ax, (title, images) in zip(axes[0], grids.items()):
-        ax.imshow(image_grid(images, nrow=nrow).permute(1, 2, 0).numpy(), interpolation="nearest")
+    pictures = {title: image_grid(images, nrow=nrow).permute(1, 2, 0).numpy() for title, images in grids.items()}
+    aspect = max(p.shape[0] / p.shape[1] for p in pictures.values())          # height / width of the tallest grid
+    fig, axes = plt.subplots(1, len(grids), figsize=(scale * len(grids), scale * aspect + 0.5 + 0.3 * bool(suptitle)),
+                             squeeze=False)
+    for ax, (title, picture) in zip(axes[0], pictures.items()):
+        ax.imshow(picture, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     if suptitle:
