@@ -119,7 +119,9 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
             print(f"[train] amp={amp} ignored on {device.type}")
         return None
     if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Native bf16 needs compute capability 8.0 (Ampere) or newer. is_bf16_supported() also says True
+        # on a T4 (7.5) through emulation, which is slow there: a T4 gets fp16 with a gradient scaler.
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
 
 
@@ -344,7 +346,7 @@ class Trainer:
                 self._log(f"[train] no checkpoint in {self.out}; starting a fresh run")
                 return
             raise ckpt_io.CheckpointError(f"--resume {resume}: no checkpoint found there")
-        ck = ckpt_io.load_checkpoint(path, map_location=self.device)
+        ck = ckpt_io.load_checkpoint(path, map_location="cpu")   # RNG states must stay CPU ByteTensors
         ckpt_io.check_compatible(ck, self.cfg, path)
         self.model.load_state_dict(ck["model"])
         self.ema.module.load_state_dict(ck["ema"])

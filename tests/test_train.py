@@ -203,3 +203,15 @@ def test_two_processes_with_gloo_end_with_identical_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     saved = ck.load_checkpoint(ck.latest_checkpoint(tmp_path / "run"))
     assert saved["step"] == 4 and len(saved["per_rank"]) == 2
+
+
+def test_auto_amp_is_fp16_on_a_t4_and_bf16_from_ampere(monkeypatch):
+    """A T4 (compute capability 7.5) reports bf16 support through emulation; it must get fp16 + GradScaler."""
+    from ddpm_helpers.train import resolve_amp
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert resolve_amp("auto", cuda) is torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert resolve_amp("auto", cuda) is torch.bfloat16
+    assert resolve_amp("off", cuda) is None
+    assert resolve_amp("auto", torch.device("cpu")) is None
