@@ -143,3 +143,21 @@ def load_model(path: PathLike, ema: bool = True, device="cpu") -> Tuple[torch.nn
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the saved model config: {e}") from e
     return model.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion).to(device), cfg
+
+
+def checkpoint_step(path: PathLike) -> int:
+    """The training step in a checkpoint's name: ckpt_00012000.pt → 12000."""
+    return int(Path(path).stem.split("_")[1])
+
+
+def find_run_checkpoints(root: PathLike, run_name: str, max_depth: int = 5) -> List[Path]:
+    """Checkpoints of run folder ``run_name`` anywhere up to max_depth levels under root, oldest first.
+
+    For a previous Kaggle version's output attached under /kaggle/input (mounted at
+    /kaggle/input/<slug>/ or /kaggle/input/notebooks/<owner>/<slug>/); the depth bound keeps the search
+    out of CelebA's 200,000 images.
+    """
+    root = Path(root)
+    found = [p for depth in range(max_depth) for p in root.glob("*/" * depth + f"{run_name}/ckpt_*.pt")
+             if re.fullmatch(r"ckpt_\d{8}\.pt", p.name)]
+    return sorted(set(found), key=checkpoint_step)

@@ -204,3 +204,31 @@ def setup(kaggle_input: Optional[PathLike] = None, kaggle_working: PathLike = KA
     if announce:
         print(run.describe())
     return run
+
+
+def small_training_config(run: Run, out_name: str, environ: Optional[Mapping[str, str]] = None):
+    """The training configuration notebooks 04 and 05 share in their small (CPU, CI) mode.
+
+    Data: 500 of the 5,000 half-size CelebA images when $DDPM_SHARED_DATA holds them (CI), else CelebA
+    itself when it was found (a machine without a GPU), else the 100 offline LFW faces (grayscale); 16 px.
+    Model and optimiser: the ``cpu`` preset's; 800 steps or 45 s, one CPU thread. The two notebooks call
+    this with different ``out_name`` and otherwise the same settings, so 05 can reuse 04's checkpoint.
+    """
+    import dataclasses
+
+    from .config import TRAIN_PRESETS, DataConfig, train_preset
+    env = os.environ if environ is None else environ
+    shared = env.get("DDPM_SHARED_DATA")
+    half_size = Path(shared) / "celeba_5k_half" if shared else None
+    if half_size is not None and half_size.is_dir():
+        source = half_size
+    elif run.celeba is not None and not run.celeba_is_sample:
+        source = Path(run.celeba.image_dir)
+    else:
+        source = None
+    data = DataConfig(root=str(source) if source else None, max_images=500 if source else None, image_size=16,
+                      channels=3 if source else 1, cache_dir=str(run.out_dir / "cache"))
+    model = dataclasses.replace(TRAIN_PRESETS["cpu"].model, in_channels=data.channels, out_channels=data.channels)
+    return train_preset("cpu", model=model, data=data, out_dir=str(run.out_dir / out_name), batch_size=32,
+                        warmup_steps=100, max_steps=800, time_budget=45.0, sample_every=0, sample_n=16,
+                        sample_steps=20, checkpoint_every=100, log_every=10, num_threads=1)

@@ -265,3 +265,29 @@ def test_credentials_detection(tmp_path):
     (tmp_path / ".kaggle").mkdir()
     (tmp_path / ".kaggle" / "kaggle.json").write_text("{}")
     assert kaggle.kaggle_credentials_found({}, home=tmp_path)
+
+
+def test_find_run_checkpoints_under_a_kaggle_input_tree(tmp_path):
+    """A previous version's output is found in both mount schemes; other runs and deep trees are ignored."""
+    from ddpm_helpers.checkpoint import checkpoint_step, find_run_checkpoints
+    old = tmp_path / "my-training" / "celeba64"
+    new = tmp_path / "notebooks" / "me" / "my-training" / "celeba64"
+    for folder, steps in ((old, (1000, 2000)), (new, (3000,)), (tmp_path / "x" / "report64", (9000,))):
+        folder.mkdir(parents=True)
+        for s in steps:
+            (folder / f"ckpt_{s:08d}.pt").write_bytes(b"")
+    (new / "ckpt_latest.pt").write_bytes(b"")
+    found = find_run_checkpoints(tmp_path, "celeba64")
+    assert [checkpoint_step(p) for p in found] == [1000, 2000, 3000]
+    assert find_run_checkpoints(tmp_path, "celeba64", max_depth=2)[-1].parent == old
+
+
+def test_small_training_config_prefers_shared_half_size_celeba(tmp_path):
+    from ddpm_helpers.notebook_setup import setup, small_training_config
+    run = setup(kaggle_input=tmp_path / "none", environ={"CI": "1"}, announce=False)
+    (tmp_path / "celeba_5k_half").mkdir()
+    with_data = small_training_config(run, "04_small", environ={"DDPM_SHARED_DATA": str(tmp_path)})
+    assert with_data.data.root == str(tmp_path / "celeba_5k_half") and with_data.model.in_channels == 3
+    offline = small_training_config(run, "05_small", environ={})
+    assert offline.data.root is None and offline.data.channels == offline.model.out_channels == 1
+    assert with_data.max_steps == offline.max_steps and offline.out_dir.endswith("05_small")
