@@ -7,6 +7,7 @@ TrainConfig as a nested dict), ``model``, ``ema`` (EMA weights, a state dict of 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -26,14 +27,18 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, of another format, or from an incompatible config."""
 
 
-def atomic_save(obj: Any, path: PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: never a half file."""
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb"):
+    """Write through a temporary file beside ``path``; on success fsync and os.replace it onto ``path``.
+
+    A crash or an exception leaves the old file (or none) and never a half-written one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,7 +46,13 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """torch.save through :func:`atomic_open`: a checkpoint file is either complete or absent."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:

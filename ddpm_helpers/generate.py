@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_open
 from .diffusion import ddim_sample, ddpm_sample
 from .schedule import NoiseSchedule
 
@@ -176,15 +176,8 @@ def write_png_atomic(image: torch.Tensor, path: PathLike) -> Path:
     from .data import from_model_range
     path = Path(path)
     png = torchvision.io.encode_png(from_model_range(image.cpu()))   # (C, H, W) uint8 → PNG bytes
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(png.numpy().tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        f.write(png.numpy().tobytes())
     return path
 
 
@@ -219,11 +212,9 @@ def read_samples_json(out_dir: PathLike) -> Optional[Dict[str, Any]]:
 
 
 def _write_json_atomic(record: Dict[str, Any], path: Path) -> None:
-    """json.dump to a temporary file, then os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    """json.dump through checkpoint.atomic_open (temporary file, fsync, os.replace)."""
+    with atomic_open(path, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _check_folder(existing: Optional[Dict[str, Any]], settings: Dict[str, Any], out_dir: Path) -> None:

@@ -215,3 +215,14 @@ def test_auto_amp_is_fp16_on_a_t4_and_bf16_from_ampere(monkeypatch):
     assert resolve_amp("auto", cuda) is torch.bfloat16
     assert resolve_amp("off", cuda) is None
     assert resolve_amp("auto", torch.device("cpu")) is None
+
+
+def test_atomic_open_keeps_the_old_file_when_a_write_fails(tmp_path):
+    target = tmp_path / "ckpt_00000001.pt"
+    ck.atomic_save({"step": 1}, target)
+    with pytest.raises(RuntimeError):
+        with ck.atomic_open(target) as f:
+            f.write(b"half a checkpoint")
+            raise RuntimeError("killed mid-write")
+    assert torch.load(target)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]      # no temporary file left behind
