@@ -33,7 +33,7 @@ def build_train_config(args: argparse.Namespace):
     from .train import parse_duration
     name = resolve_preset(args.preset, args.data)
     cfg = TRAIN_PRESETS[name]
-    top, data, model = {}, {}, {}
+    top, data = {}, {}
     if args.data is not None:
         data["root"] = args.data
     if args.image_size is not None:

@@ -13,11 +13,14 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from .config import DataConfig, DiffusionConfig, TrainConfig, UNetConfig
+
+if TYPE_CHECKING:
+    from .schedule import NoiseSchedule
 
 FORMAT = "ddpm_helpers/1"
 PathLike = Union[str, os.PathLike]
@@ -83,14 +86,35 @@ def list_checkpoints(folder: PathLike) -> List[Path]:
     return sorted(p for p in folder.glob("ckpt_*.pt") if re.fullmatch(r"ckpt_\d{8}\.pt", p.name))
 
 
-def latest_checkpoint(path: PathLike) -> Optional[Path]:
-    """An explicit checkpoint file, or the newest checkpoint in a run folder (searched recursively,
-    so a previous Kaggle version's output under /kaggle/input/... works too); None if there is none."""
+def latest_checkpoint(path: PathLike, max_depth: int = 5) -> Optional[Path]:
+    """An explicit checkpoint file, or the newest checkpoint of the run in a folder; None if there is none.
+
+    A folder without checkpoints of its own is searched up to max_depth levels down (a previous Kaggle
+    version's output under /kaggle/input/... works; CelebA's 200,000 images are never walked). If that
+    finds several run folders, it refuses (CheckpointError) rather than guess between runs.
+    """
     path = Path(path)
     if path.is_file():
         return path
-    found = list_checkpoints(path) or sorted(path.rglob("ckpt_*.pt"), key=lambda p: p.name) if path.is_dir() else []
-    return found[-1] if found else None
+    own = list_checkpoints(path)
+    if own:
+        return own[-1]
+    runs: Dict[Path, List[Path]] = {}
+    for p in _checkpoints_below(path, "*", max_depth):
+        runs.setdefault(p.parent, []).append(p)
+    if len(runs) > 1:
+        raise CheckpointError(f"{path} holds checkpoints of {len(runs)} runs: "
+                              + ", ".join(str(r) for r in sorted(runs)) + "; pass the one to use")
+    return max(next(iter(runs.values())), key=checkpoint_step) if runs else None
+
+
+def _checkpoints_below(root: Path, run_name: str, max_depth: int) -> List[Path]:
+    """ckpt_XXXXXXXX.pt files in folders named run_name (a glob) 1 … max_depth levels below root."""
+    if not root.is_dir():
+        return []
+    found = {p for depth in range(max_depth) for p in root.glob("*/" * depth + f"{run_name}/ckpt_*.pt")
+             if re.fullmatch(r"ckpt_\d{8}\.pt", p.name)}
+    return sorted(found, key=checkpoint_step)
 
 
 def prune_checkpoints(folder: PathLike, keep: int) -> None:
@@ -168,7 +192,4 @@ def find_run_checkpoints(root: PathLike, run_name: str, max_depth: int = 5) -> L
     /kaggle/input/<slug>/ or /kaggle/input/notebooks/<owner>/<slug>/); the depth bound keeps the search
     out of CelebA's 200,000 images.
     """
-    root = Path(root)
-    found = [p for depth in range(max_depth) for p in root.glob("*/" * depth + f"{run_name}/ckpt_*.pt")
-             if re.fullmatch(r"ckpt_\d{8}\.pt", p.name)]
-    return sorted(set(found), key=checkpoint_step)
+    return _checkpoints_below(Path(root), run_name, max_depth)

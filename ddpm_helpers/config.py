@@ -91,10 +91,6 @@ class TrainConfig:
     num_threads: Optional[int] = None
 
 
-def _replace_nested(cfg, **overrides):
-    return dataclasses.replace(cfg, **overrides)
-
-
 # ---------------------------------------------------------------------------------------------
 # Named U-Net presets
 # ---------------------------------------------------------------------------------------------

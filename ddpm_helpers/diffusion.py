@@ -7,7 +7,7 @@ indices; see :mod:`ddpm_helpers.schedule` for the convention (index 0 = the repo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F

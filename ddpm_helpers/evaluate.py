@@ -362,7 +362,7 @@ def compute_metrics(fake: Union[Images, ImageSource], real: Union[Images, ImageS
     reference / sampler / steps only label the result.
     """
     fake_src, real_src = as_image_source(fake), as_image_source(real)
-    if fake_src.shape[1:] != real_src.shape[1:] or fake_src.shape[0] != real_src.shape[0]:
+    if tuple(fake_src.shape) != tuple(real_src.shape):                  # (C, H, W) of each set
         raise ValueError(f"generated images are {_shape_text(fake_src.shape)} but the reference images are "
                          f"{_shape_text(real_src.shape)}: prepare the reference with the training crop, size and "
                          "channels")
@@ -420,7 +420,8 @@ def _reference_config(args: argparse.Namespace, meta: Dict[str, Any]):
     return DataConfig(root=args.data, split=args.split, crop=args.crop or data.get("crop") or default.crop,
                       image_size=args.image_size or meta.get("image_size") or default.image_size,
                       channels=args.channels or meta.get("channels") or default.channels,
-                      cache_dir=args.cache_dir, max_images=args.n_real)
+                      cache_dir=args.cache_dir, max_images=args.n_real,
+                      offline_fallback=False)   # never score CelebA samples against the 100 LFW faces
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -447,7 +448,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(result)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as f:
+        from .checkpoint import atomic_open
+        with atomic_open(args.json, "w") as f:
             json.dump({**result.as_dict(), "samples": str(args.samples), "checkpoint": meta.get("checkpoint")}, f,
                       indent=2)
     return 0

@@ -37,7 +37,7 @@ SAMPLES_JSON = "samples.json"
 SAMPLES_FORMAT = "ddpm_helpers/samples/1"
 # samples.json fields that must agree before new images may join a folder
 SETTING_KEYS = ("weights", "sampler", "steps", "eta", "variance", "seed", "timesteps", "schedule",
-                "image_size", "channels")
+                "image_size", "channels", "batch_layout")
 
 
 class SampleFolderError(ValueError):
@@ -192,9 +192,16 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def sample_settings(model: nn.Module, schedule: NoiseSchedule, sampler: str, steps: int, eta: float,
-                    variance: str, seed: int, shape: Sequence[int]) -> Dict[str, Any]:
-    """The settings that decide which images a folder holds (compared on resume); irrelevant ones are None."""
+                    variance: str, seed: int, shape: Sequence[int], batch_size: int = 64,
+                    n: int = 0) -> Dict[str, Any]:
+    """The settings that decide which images a folder holds (compared on resume); irrelevant ones are None.
+
+    Starting noise depends on (seed, index) only, but the per-step noise of a stochastic sampler (DDPM,
+    DDIM with η > 0) is drawn per batch, so there the batch layout (batch size, n) must match too.
+    """
+    stochastic = sampler == "ddpm" or float(eta) > 0
     return {"weights": weights_fingerprint(model), "sampler": sampler,
+            "batch_layout": f"batch {int(batch_size)} of n {int(n)}" if stochastic else None,
             "steps": schedule.T if sampler == "ddpm" else int(steps),
             "eta": float(eta) if sampler == "ddim" else None,
             "variance": variance if sampler == "ddpm" else None,
@@ -257,7 +264,7 @@ def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = _model_image_shape(model, image_size, channels)
-    settings = sample_settings(model, schedule, sampler, steps, eta, variance, seed, shape)
+    settings = sample_settings(model, schedule, sampler, steps, eta, variance, seed, shape, batch_size, n)
     existing = read_samples_json(out_dir)
     _check_folder(existing, settings, out_dir)
     for stale in out_dir.glob(".*.png.*.tmp"):          # temporary files of an interrupted write

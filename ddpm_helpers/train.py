@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import csv
-import dataclasses
-import math
 import os
 import random
 import signal
@@ -36,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
-from .diffusion import ddim_sample, ddpm_sample, q_sample
+from .diffusion import ddim_sample, q_sample
 from .schedule import NoiseSchedule
 from .unet import UNet, count_parameters
 
@@ -228,7 +226,7 @@ class MetricsLog:
         if path.exists() and resume_step > 0:
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
-        with open(path, "w", newline="") as f:   # drop rows written after the checkpoint we resume
+        with ckpt_io.atomic_open(path, "w") as f:   # drop rows written after the checkpoint we resume
             w = csv.DictWriter(f, self.FIELDS)
             w.writeheader()
             w.writerows(rows)
@@ -256,6 +254,7 @@ def train(cfg: TrainConfig, resume: Union[str, bool, None] = None, device: Optio
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume=None, device=None, images=None, progress=True, verbose=True):
+        self.t_created = time.time()          # the time budget counts from here: data preparation included
         self.cfg, self.progress, self.verbose = cfg, progress, verbose
         self.dinfo = _DistInfo()
         self.device = pick_device(device, self.dinfo)
@@ -357,6 +356,7 @@ class Trainer:
                 return
             raise ckpt_io.CheckpointError(f"--resume {resume}: no checkpoint found there")
         ck = ckpt_io.load_checkpoint(path, map_location="cpu")   # RNG states must stay CPU ByteTensors
+        self._set_aside_newer_checkpoints(path, ck["step"])
         ckpt_io.check_compatible(ck, self.cfg, path)
         self.model.load_state_dict(ck["model"])
         self.ema.module.load_state_dict(ck["ema"])
@@ -370,14 +370,43 @@ class Trainer:
         self.bad_steps = ck.get("bad_steps", 0)
         self.elapsed_before = ck.get("elapsed", 0.0)
         self.sample_noise = ck["sample_noise"].cpu()
+        self._restore_position_and_rng(ck)
+        self._log(f"[train] resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    def _set_aside_newer_checkpoints(self, path: Path, step: int) -> None:
+        """Resuming this folder from an older checkpoint abandons the newer ones: rename them (nothing is
+        deleted) so that pruning and the next --resume follow the run that continues."""
+        if not self.is_main:
+            return
+        for newer in ckpt_io.list_checkpoints(self.out):
+            if ckpt_io.checkpoint_step(newer) > step and newer.resolve() != path.resolve():
+                newer.rename(newer.with_name(newer.name + ".abandoned"))
+                self._log(f"[train] {newer.name} belongs to the abandoned continuation: renamed to *.abandoned")
+
+    def _restore_position_and_rng(self, ck: Dict[str, Any]) -> None:
+        """Continue the data order and the noise exactly; or, when the batch size, process count or seed
+        changed (say a T4×2 run continued on one GPU), as closely as possible, with a warning."""
+        saved = ckpt_io.config_from_dict(ck["config"])
+        old_world = int(ck.get("world_size", 1))
+        same = (saved.batch_size, old_world, saved.seed) == (self.cfg.batch_size, self.dinfo.world, self.cfg.seed)
+        if not same:
+            # keep the number of images already used this epoch (old global batch × old batch index)
+            self.batch_in_epoch = min(ck["batch_in_epoch"] * saved.batch_size // self.cfg.batch_size,
+                                      self.batches.batches_per_epoch())
+            self._log(f"[train] the checkpoint was trained with batch size {saved.batch_size}, {old_world} process(es), "
+                      f"seed {saved.seed}; this run uses {self.cfg.batch_size}, {self.dinfo.world}, {self.cfg.seed}: "
+                      f"continuing at batch {self.batch_in_epoch} of epoch {self.epoch}, with fresh noise. "
+                      f"Training goes on, but not bit for bit as an uninterrupted run would.")
+            self.gen.manual_seed(self.cfg.seed * 7919 + self.dinfo.rank + 1_000_003 * self.step)
+            return
         rng = ck["rng"]
-        if self.dinfo.enabled and "per_rank" in ck:
-            rng = ck["per_rank"][self.dinfo.rank] if self.dinfo.rank < len(ck["per_rank"]) else rng
+        if self.dinfo.enabled and ck.get("per_rank"):
+            rng = ck["per_rank"][self.dinfo.rank]
         if str(self.gen.device) == rng.get("gen_device"):
             set_rng_state(rng, self.gen)
         else:
             self._log(f"[train] checkpoint RNG was on {rng.get('gen_device')}; drawing fresh noise on {self.gen.device}")
-        self._log(f"[train] resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+            set_rng_state({**rng, "gen": self.gen.get_state()}, self.gen)
 
     def _log(self, msg: str) -> None:
         if self.is_main and self.verbose:
@@ -390,7 +419,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_step(self, batch_uint8: torch.Tensor):
-        """One optimizer step on a uint8 batch (B, C, H, W). Returns (loss, grad_norm, ok) as tensors/bool."""
+        """One optimizer step on a uint8 batch (B, C, H, W).
+
+        Returns (loss, grad_norm or None when no update was applied, ok); ok is False for a non-finite loss.
+        """
         from .data import to_model_range
         x0 = to_model_range(batch_uint8, self.device, channels_last=self.memory_format == torch.channels_last)
         B = x0.shape[0]
@@ -405,15 +437,23 @@ class Trainer:
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip
                                                    if self.cfg.grad_clip > 0 else float("inf"))
-        # The one sync per step. Under DDP the gradient norm is the same on every rank, so a NaN on any
-        # rank makes every rank skip. Under fp16 an overflowing gradient with a finite loss is the grad
-        # scaler's business (it skips the step and lowers the scale), not a bad step.
-        loss_ok, grad_ok = torch.stack([torch.isfinite(loss), torch.isfinite(grad_norm)]).tolist()
+        # The one sync per step. Every rank takes the same decision (under DDP the flags are reduced with
+        # MIN: a rank whose loss overflowed makes every rank skip), so step counters never drift apart.
+        flags = torch.stack([torch.isfinite(loss), torch.isfinite(grad_norm)]).float()
+        if self.dinfo.enabled:
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        loss_ok, grad_ok = flags.bool().tolist()
         if not loss_ok or not (grad_ok or self.scaler.is_enabled()):
             self.opt.zero_grad(set_to_none=True)
             self.scaler.update()
-            return loss, grad_norm, False
-        self.scaler.step(self.opt)       # skips (and lowers the scale) when fp16 grads overflowed
+            return loss, None, False
+        if not grad_ok:
+            # fp16 gradients overflowed with a finite loss: the grad scaler's business, not a bad step.
+            # scaler.step skips the update and scaler.update lowers the scale; nothing else moves.
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            return loss, None, True
+        self.scaler.step(self.opt)
         self.scaler.update()
         self.lr_sched.step()
         self.ema.update_parameters(self.model)
@@ -435,7 +475,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(), "lr_schedule": self.lr_sched.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "rng": rng, "per_rank": per_rank, "sample_noise": self.sample_noise,
+            "rng": rng, "per_rank": per_rank, "world_size": self.dinfo.world, "sample_noise": self.sample_noise,
             "bad_steps": self.bad_steps, "elapsed": self.elapsed_before + (time.time() - self.t_start),
             "data": self.data_desc, "parameters": count_parameters(self.model),
         }
@@ -471,7 +511,7 @@ class Trainer:
     def _should_stop(self, flag: _StopFlag) -> Optional[str]:
         reason = flag.reason
         budget = self.cfg.time_budget
-        if reason is None and budget is not None and time.time() - self.t_start >= budget:
+        if reason is None and budget is not None and time.time() - self.t_created >= budget:
             reason = "time budget"
         if self.dinfo.enabled:      # every rank stops at the same step
             t = torch.tensor([0 if reason is None else 1], device=self.device)
@@ -512,7 +552,7 @@ class Trainer:
                    desc="train", unit="step", dynamic_ncols=True)
         loss_sum = torch.zeros((), device=self.device)
         gn_sum = torch.zeros((), device=self.device)
-        n_in_window, t_window, imgs_per_s = 0, time.time(), 0.0
+        n_in_window, n_gn, t_window, imgs_per_s = 0, 0, time.time(), 0.0
         stop_reason, last_ckpt = "done", None
         sync_every = 10 if self.dinfo.enabled else 1
         saved_at = sampled_at = -1
@@ -533,14 +573,16 @@ class Trainer:
                 self.step += 1
                 self.bad_in_row = 0
                 loss_sum += loss.detach()
-                gn_sum += gn.detach().float()
                 n_in_window += 1
+                if gn is not None:
+                    gn_sum += gn.detach().float()
+                    n_gn += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
                     now = time.time()
                     imgs_per_s = n_in_window * cfg.batch_size / max(now - t_window, 1e-9)
                     mean_loss = (loss_sum / n_in_window).item()
-                    mean_gn = (gn_sum / n_in_window).item()
+                    mean_gn = (gn_sum / max(n_gn, 1)).item()
                     if self.is_main:
                         metrics.write({"step": self.step, "epoch": self.epoch, "loss": f"{mean_loss:.6f}",
                                        "lr": f"{self.lr_sched.get_last_lr()[0]:.3e}", "grad_norm": f"{mean_gn:.4f}",
@@ -550,7 +592,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{imgs_per_s:.0f}", epoch=self.epoch)
                     loss_sum.zero_()
                     gn_sum.zero_()
-                    n_in_window, t_window = 0, time.time()
+                    n_in_window, n_gn, t_window = 0, 0, time.time()
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_samples()
                     sampled_at = self.step

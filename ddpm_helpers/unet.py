@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import UNET_PRESETS, UNetConfig
+from .config import UNetConfig, unet_preset
 from .embeddings import TimeEmbedding
 
 
@@ -179,10 +179,9 @@ def check_image_size(size, depth: int) -> None:
 def build_unet(preset: str | UNetConfig = "report", **overrides) -> UNet:
     """Build a U-Net from a preset name (see config.UNET_PRESETS) or a UNetConfig, with fields replaced."""
     import dataclasses
-    cfg = preset if isinstance(preset, UNetConfig) else UNET_PRESETS.get(preset)
-    if cfg is None:
-        raise ValueError(f"unknown U-Net preset {preset!r}; choose from {sorted(UNET_PRESETS)}")
-    return UNet(dataclasses.replace(cfg, **overrides))
+    if isinstance(preset, UNetConfig):
+        return UNet(dataclasses.replace(preset, **overrides))
+    return UNet(unet_preset(preset, **overrides))
 
 
 def count_parameters(model: nn.Module) -> int:

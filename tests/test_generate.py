@@ -163,3 +163,22 @@ def test_missing_checkpoint_gives_a_clear_error(tmp_path):
         run_sample(_cli(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "g.png")]))
     with pytest.raises(SystemExit, match="--out"):
         run_sample(_cli(["--checkpoint", str(tmp_path / "nope.pt")]))
+
+
+def test_stochastic_folder_refuses_another_batch_layout(run, tmp_path):
+    """DDPM's per-step noise is drawn per batch: resuming with another batch size would silently mix images."""
+    path, _, _, _ = run
+    out = tmp_path / "ddpm"
+    sample_from_checkpoint(path, n=4, sampler="ddpm", seed=0, out_dir=out, batch_size=2, device="cpu", progress=False)
+    (out / "000003.png").unlink()
+    with pytest.raises(SampleFolderError, match="batch_layout"):
+        sample_from_checkpoint(path, n=4, sampler="ddpm", seed=0, out_dir=out, batch_size=4, device="cpu",
+                               progress=False)
+    # DDIM with eta = 0 is deterministic given the starting noise: any batch size resumes it exactly
+    ddim = tmp_path / "ddim"
+    sample_from_checkpoint(path, n=4, sampler="ddim", steps=5, seed=0, out_dir=ddim, batch_size=2, device="cpu",
+                           progress=False)
+    (ddim / "000003.png").unlink()
+    sample_from_checkpoint(path, n=4, sampler="ddim", steps=5, seed=0, out_dir=ddim, batch_size=4, device="cpu",
+                           progress=False)
+    assert (ddim / "000003.png").exists()
