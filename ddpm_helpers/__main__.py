@@ -160,10 +160,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         # Errors we raise on purpose carry a message meant for people; print it without a traceback.
         from .checkpoint import CheckpointError
-        from .data import DataNotFoundError
+        from .data import CacheError, DataNotFoundError
+        from .evaluate import MetricsUnavailable
         from .train import TrainingError
-        known = (DataNotFoundError, CheckpointError, TrainingError)
-        if isinstance(e, known) or type(e).__name__ in {"MetricsUnavailable", "CacheError"}:
+        if isinstance(e, (DataNotFoundError, CacheError, CheckpointError, TrainingError, MetricsUnavailable)):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

@@ -2,8 +2,9 @@
 
 A training checkpoint is a dict with keys: ``format`` ("ddpm_helpers/1"), ``config`` (the
 TrainConfig as a nested dict), ``model``, ``ema`` (EMA weights, a state dict of the bare U-Net),
-``optimizer``, ``scaler``, ``step``, ``epoch``, ``batch_in_epoch``, ``rng``, ``sample_noise``,
-``bad_steps``, ``elapsed``.
+``ema_updates``, ``optimizer``, ``lr_schedule``, ``scaler``, ``step``, ``epoch``, ``batch_in_epoch``,
+``rng`` (rank 0's), ``per_rank`` (every rank's RNG under DDP, else None), ``world_size``,
+``sample_noise``, ``bad_steps``, ``elapsed``, ``data`` (a description) and ``parameters``.
 """
 from __future__ import annotations
 
