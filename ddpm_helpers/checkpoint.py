@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 import torch
 
 from .config import DataConfig, DiffusionConfig, TrainConfig, UNetConfig
+from .errors import DDPMError
 
 if TYPE_CHECKING:
     from .schedule import NoiseSchedule
@@ -27,7 +28,7 @@ FORMAT = "ddpm_helpers/1"
 PathLike = Union[str, os.PathLike]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DDPMError, ValueError):
     """A checkpoint that cannot be used: unreadable, of another format, or from an incompatible config."""
 
 

@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from .config import DataConfig
+from .errors import DDPMError
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +76,11 @@ HOW_TO_GET_CELEBA = (
 )
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(DDPMError, FileNotFoundError):
     """CelebA (or another image folder) was not where we looked; the message lists the places and the fix."""
 
 
-class CacheError(ValueError):
+class CacheError(DDPMError, ValueError):
     """A cache file is missing its metadata, truncated, corrupt, built with other settings, or undecodable."""
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from .errors import DDPMError
 
 PathLike = Union[str, os.PathLike]
 Images = Union[np.ndarray, torch.Tensor, str, os.PathLike]
@@ -41,7 +42,7 @@ DOWNLOAD_HELP = ("the Inception weights could not be downloaded (no internet?) â
                  "file (--inception-weights PATH, torch-fidelity's weights-inception-2015-12-05-6726825d.pth)")
 
 
-class MetricsUnavailable(RuntimeError):
+class MetricsUnavailable(DDPMError, RuntimeError):
     """The metrics cannot run here: the Inception weights (or torch-fidelity) are missing. The message says what to do."""
 
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_open
 from .diffusion import ddim_sample, ddpm_sample
 from .schedule import NoiseSchedule
+from .errors import DDPMError
 
 PathLike = Union[str, os.PathLike]
 
@@ -40,7 +41,7 @@ SETTING_KEYS = ("weights", "sampler", "steps", "eta", "variance", "seed", "times
                 "image_size", "channels", "batch_layout")
 
 
-class SampleFolderError(ValueError):
+class SampleFolderError(DDPMError, ValueError):
     """A sample folder whose samples.json disagrees with the requested settings (mixing would corrupt metrics)."""
 
 

@@ -37,9 +37,10 @@ from .config import TrainConfig
 from .diffusion import ddim_sample, q_sample
 from .schedule import NoiseSchedule
 from .unet import UNet, count_parameters
+from .errors import DDPMError
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DDPMError, RuntimeError):
     """Training cannot go on (for example, too many non-finite losses in a row)."""
 
 
