@@ -6,8 +6,79 @@ one language. Shrink a preset for a test with ``dataclasses.replace(cfg, image_s
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
+
+from .errors import ConfigError
+
+# The names a config may use (data.py holds the crop boxes; these are the names the flags accept)
+CROP_NAMES = ("ddim_128", "center_140", "center_178")
+SPLIT_NAMES = ("train", "valid", "test", "all")
+NORM_NAMES = ("batch", "group")
+ACT_NAMES = ("relu", "silu")
+SCHEDULE_NAMES = ("linear", "cosine")
+VARIANCE_NAMES = ("beta", "posterior")
+AMP_NAMES = ("auto", "fp16", "bf16", "off")
+MIN_IMAGE_SIZE = 8
+
+# The command-line flag of each config field that has one, so that an error names what the user typed
+FLAGS = {"batch_size": "--batch-size", "lr": "--lr", "max_steps": "--max-steps", "epochs": "--epochs",
+         "time_budget": "--time-budget", "ema_decay": "--ema-decay", "log_every": "--log-every",
+         "sample_every": "--sample-every", "checkpoint_every": "--checkpoint-every", "amp": "--amp",
+         "seed": "--seed", "image_size": "--image-size", "max_images": "--max-images", "crop": "--crop",
+         "split": "--split", "channels": "--channels"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: every config checks its fields when it is built (frozen, so they stay checked)
+# ---------------------------------------------------------------------------------------------
+def _require(ok: bool, name: str, value: Any, want: str) -> None:
+    """Raise ConfigError "name (--flag) is value: want" unless ok."""
+    if not ok:
+        flag = f" ({FLAGS[name]})" if name in FLAGS else ""
+        raise ConfigError(f"{name}{flag} is {value!r}: {want}")
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_at_least(obj: Any, low: int, *names: str, optional: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not (optional and value is None):
+            _require(_is_int(value, low), name, value, f"must be an integer >= {low}"
+                     + (" (or None)" if optional else ""))
+
+
+def _one_of(obj: Any, name: str, choices: Tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    _require(value in choices, name, value, f"unknown name; use one of {', '.join(choices)}")
+
+
+def nearest_image_sizes(size: int, depth: int) -> Tuple[int, ...]:
+    """The multiples of 2**depth (at least 2**depth) closest to size from below and above."""
+    factor = 2 ** depth
+    below = max(factor, size // factor * factor)
+    above = max(factor, -(-size // factor) * factor)
+    return tuple(dict.fromkeys((below, above)))
+
+
+def check_image_size_for_depth(image_size: int, depth: int) -> None:
+    """A U-Net of this depth halves the image ``depth`` times: the size must be a multiple of 2**depth."""
+    factor = 2 ** depth
+    if image_size % factor == 0 and image_size >= factor:
+        return
+    sizes = " or ".join(str(s) for s in nearest_image_sizes(image_size, depth))
+    raise ConfigError(f"image_size (--image-size) is {image_size}: a U-Net of depth={depth} halves the image "
+                      f"{depth} times, so the size must be a multiple of {factor}; the nearest sizes that work are "
+                      f"{sizes} (or choose a U-Net of smaller depth with --unet)")
 
 
 @dataclass(frozen=True)
@@ -30,6 +101,25 @@ class UNetConfig:
     time_dim: Optional[int] = None   # sinusoidal dimension d; default base_channels
     image_size: Optional[int] = None  # if given, checked against depth when the model is built
 
+    def __post_init__(self):
+        _int_at_least(self, 1, "in_channels", "out_channels", "base_channels", "depth", "groups", "attn_heads")
+        _int_at_least(self, 1, "time_dim", "image_size", optional=True)
+        _one_of(self, "norm", NORM_NAMES)
+        _one_of(self, "act", ACT_NAMES)
+        _require(_is_real(self.dropout) and 0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
+        try:
+            widths = self.channels()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.norm == "group" or self.attention:
+            bad = [c for c in widths if c % self.groups]
+            _require(not bad, "groups", self.groups, f"GroupNorm needs it to divide every level's channels {widths}")
+        if self.attention:
+            _require(widths[-1] % self.attn_heads == 0, "attn_heads", self.attn_heads,
+                     f"must divide the bottleneck's {widths[-1]} channels")
+        if self.image_size is not None:
+            check_image_size_for_depth(self.image_size, self.depth)
+
     def channels(self) -> Tuple[int, ...]:
         """Channel count at each level, level 0 = full resolution."""
         mults = self.channel_mults or tuple(2 ** i for i in range(self.depth + 1))
@@ -46,6 +136,14 @@ class DiffusionConfig:
     beta_end: float = 0.02
     variance: str = "beta"           # reverse-step σ_t²: "beta" (the report's σ_t = √β_t) or "posterior" (β̃_t)
 
+    def __post_init__(self):
+        _int_at_least(self, 2, "timesteps")
+        _one_of(self, "schedule", SCHEDULE_NAMES)
+        _one_of(self, "variance", VARIANCE_NAMES)
+        betas = (self.beta_start, self.beta_end)
+        _require(all(_is_real(b) for b in betas) and 0 < self.beta_start <= self.beta_end < 1, "beta range", betas,
+                 "need 0 < beta_start <= beta_end < 1 (the report's: 1e-4 to 0.02)")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -58,6 +156,13 @@ class DataConfig:
     cache_dir: Optional[str] = None  # where the uint8 cache goes; None = next to the run
     max_images: Optional[int] = None
     offline_fallback: bool = True    # use the offline LFW faces when CelebA is not found
+
+    def __post_init__(self):
+        _one_of(self, "split", SPLIT_NAMES)
+        _one_of(self, "crop", CROP_NAMES)
+        _int_at_least(self, MIN_IMAGE_SIZE, "image_size")
+        _require(self.channels in (1, 3), "channels", self.channels, "use 1 (grayscale) or 3 (RGB)")
+        _int_at_least(self, 1, "max_images", optional=True)
 
 
 @dataclass(frozen=True)
@@ -89,6 +194,27 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_bad_steps: int = 20          # consecutive non-finite losses before stopping
     num_threads: Optional[int] = None
+
+    def __post_init__(self):
+        _int_at_least(self, 1, "batch_size", "log_every", "sample_n", "sample_steps", "keep_checkpoints",
+                      "max_bad_steps")
+        _int_at_least(self, 0, "warmup_steps", "sample_every", "checkpoint_every", "seed")
+        _int_at_least(self, 1, "epochs", "max_steps", "num_threads", optional=True)
+        _require(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "must be a finite number > 0, e.g. 2e-4")
+        _require(_is_real(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", self.ema_decay,
+                 "must be in [0, 1), e.g. 0.9999 (at 1 the EMA never moves; above 1 or below 0 it diverges)")
+        _require(self.time_budget is None or (_is_real(self.time_budget) and self.time_budget > 0), "time_budget",
+                 self.time_budget, "must be a number of seconds > 0 (or None), e.g. 11h30m on the command line")
+        _require(_is_real(self.grad_clip) and self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0: off)")
+        _require(_is_real(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
+                 "must be >= 0")
+        _require(len(self.adam_betas) == 2 and all(_is_real(b) and 0 <= b < 1 for b in self.adam_betas),
+                 "adam_betas", self.adam_betas, "need two numbers in [0, 1)")
+        _one_of(self, "amp", AMP_NAMES)
+        _require(self.model.in_channels == self.data.channels == self.model.out_channels, "channels",
+                 self.data.channels, f"the U-Net takes {self.model.in_channels} and gives {self.model.out_channels} "
+                 "channels; set model in/out_channels and data.channels alike")
+        check_image_size_for_depth(self.data.image_size, self.model.depth)
 
 
 # ---------------------------------------------------------------------------------------------
