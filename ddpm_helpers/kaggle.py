@@ -5,21 +5,29 @@
     build/kaggle/ddpm-helpers-code/         ddpm_helpers/ + dataset-metadata.json   (kaggle datasets create/version)
     build/kaggle/kernels/<slug>/            <notebook>.ipynb + kernel-metadata.json  (kaggle kernels push)
 
-and prints the commands to upload them; ``--push`` runs them. Kernels get GPU T4×2 (``machine_shape``
-NvidiaTeslaT4), internet off, CelebA (jessicali9530/celeba-dataset) and the package dataset attached. In the
-notebook, the first cell finds the package under /kaggle/input in either mount scheme.
+and prints the commands to upload them; ``--push`` uploads them through the kaggle package's Python API, in
+order: the package dataset (waiting until Kaggle has processed it), notebooks 01–04, and 05 only after 04's
+version has completed (``--wait``; without it, the command says how to push 05 later). Every server-side error
+(an invalid source, a failed push, a failed dataset) stops the command with Kaggle's message.
+
+Kernels: internet off, CelebA (jessicali9530/celeba-dataset) and the package dataset attached. Only the
+notebooks that train or sample at scale (04, 05) ask for GPU T4×2 (``machine_shape`` NvidiaTeslaT4); 01–03 run on
+a CPU and spend no GPU quota. 04 lists itself as a kernel source (each version resumes from the previous one's
+output); 05 lists 04 (it samples 04's model). In the notebook, the first cell finds the package under
+/kaggle/input in either mount scheme, unpacked or as the uploaded archive.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
 import shlex
 import shutil
-import subprocess
+import time
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -27,6 +35,22 @@ CELEBA_DATASET = "jessicali9530/celeba-dataset"
 PACKAGE_DATASET_SLUG = "ddpm-helpers-code"
 MACHINE_SHAPE = "NvidiaTeslaT4"  # GPU T4 ×2 (kaggle-cli PR #1198); enable_gpu alone may give a retired P100
 TRAINING_NOTEBOOK = re.compile(r"^04_|train", re.IGNORECASE)  # these chain runs: each version resumes from the last
+SAMPLING_NOTEBOOK = re.compile(r"^05_|sampl", re.IGNORECASE)   # these read the training notebook's output
+# Kaggle's dataset licence names (kaggle-cli docs/datasets_metadata.md) have no "MIT": "other" + the description.
+PACKAGE_LICENSE = "other"
+PACKAGE_DESCRIPTION = ("The ddpm_helpers Python package (DDPM on CelebA: schedule, U-Net, training, samplers) for the "
+                       "notebook series. Code licence: MIT (see LICENSE in the repository). CelebA itself is not "
+                       "included; it has its own non-commercial research licence.")
+
+
+class KagglePushError(RuntimeError):
+    """Kaggle refused an upload or a run failed; the message is Kaggle's own."""
+
+
+def uses_gpu(notebook_path: PathLike) -> bool:
+    """Whether a notebook needs a GPU on Kaggle: training (04) and sampling (05) do; 01–03 run on a CPU."""
+    stem = Path(notebook_path).stem
+    return bool(TRAINING_NOTEBOOK.search(stem) or SAMPLING_NOTEBOOK.search(stem))
 
 
 def kernel_slug(notebook_path: PathLike) -> str:
@@ -58,20 +82,28 @@ def write_kernel_dirs(notebooks_dir: PathLike, out_dir: PathLike, username: str)
     """One folder per notebook under out_dir: a copy of the notebook and its kernel-metadata.json.
 
     Training notebooks (04_*, or 'train' in the name) list their own kernel in kernel_sources, so a new version
-    sees the previous version's /kaggle/working output under /kaggle/input and can resume from it.
+    sees the previous version's /kaggle/working output under /kaggle/input and can resume from it; sampling
+    notebooks (05_*) list the training kernels, so they sample the trained model. Only those two ask for a GPU.
     Returns the folders, sorted.
     """
     notebooks = sorted(Path(notebooks_dir).glob("*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no notebooks (*.ipynb) in {notebooks_dir}")
+    training = [f"{username}/{kernel_slug(nb)}" for nb in notebooks if TRAINING_NOTEBOOK.search(nb.stem)]
     folders = []
     for nb in notebooks:
         slug = kernel_slug(nb)
-        chain = (f"{username}/{slug}",) if TRAINING_NOTEBOOK.search(nb.stem) else ()
+        if TRAINING_NOTEBOOK.search(nb.stem):
+            sources = [f"{username}/{slug}"]          # its own previous version: resume
+        elif SAMPLING_NOTEBOOK.search(nb.stem):
+            sources = training                        # the training notebook's output: its checkpoints
+        else:
+            sources = []
         folder = Path(out_dir) / slug
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(nb, folder / nb.name)
-        _write_json(folder / "kernel-metadata.json", kernel_metadata(nb, username, slug, kernel_sources=chain))
+        meta = kernel_metadata(nb, username, slug, kernel_sources=sources, gpu=uses_gpu(nb))
+        _write_json(folder / "kernel-metadata.json", meta)
         folders.append(folder)
     return folders
 
@@ -89,9 +121,12 @@ def write_package_dataset(repo_root: PathLike, out_dir: PathLike, username: str)
         shutil.rmtree(folder / "ddpm_helpers")  # no stale modules from an earlier build
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, folder / "ddpm_helpers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if (Path(repo_root) / "LICENSE").is_file():
+        shutil.copyfile(Path(repo_root) / "LICENSE", folder / "LICENSE")
     _write_json(folder / "dataset-metadata.json", {"title": PACKAGE_DATASET_SLUG,
                                                    "id": f"{username}/{PACKAGE_DATASET_SLUG}",
-                                                   "licenses": [{"name": "MIT"}]})
+                                                   "licenses": [{"name": PACKAGE_LICENSE}],
+                                                   "description": PACKAGE_DESCRIPTION})
     return folder
 
 
@@ -112,6 +147,122 @@ def kaggle_credentials_found(environ=None, home: Optional[PathLike] = None) -> b
     return (config / "kaggle.json").is_file() or (config / "access_token").is_file()
 
 
+# ---------------------------------------------------------------------------------------------
+# Pushing through the kaggle package's Python API
+# ---------------------------------------------------------------------------------------------
+def kaggle_api():
+    """An authenticated kaggle.api.kaggle_api_extended.KaggleApi (``import kaggle`` would exit without credentials)."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+    api = KaggleApi()
+    api.authenticate()
+    return api
+
+
+def _name(status) -> str:
+    """A status as a lower-case word: enum members (KernelWorkerStatus.COMPLETE) and strings alike."""
+    return str(getattr(status, "name", status)).split(".")[-1].lower()
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return getattr(getattr(exc, "response", None), "status_code", None) == 404
+
+
+def wait_for(read_status: Callable[[], tuple], what: str, done: Sequence[str], failed: Sequence[str],
+             poll_s: float = 30.0, timeout_s: float = 3600.0, sleep=time.sleep, clock=time.monotonic) -> str:
+    """Poll read_status() → (status, message) until it is in done (returned) or failed (KagglePushError)."""
+    start, last = clock(), None
+    while True:
+        status, message = read_status()
+        status = _name(status)
+        if status != last:
+            print(f"  {what}: {status}", flush=True)
+            last = status
+        if status in done:
+            return status
+        if status in failed:
+            raise KagglePushError(f"{what} ended with status {status!r}" + (f": {message}" if message else ""))
+        if clock() - start > timeout_s:
+            raise KagglePushError(f"{what} still {status!r} after {timeout_s:.0f} s; check it on kaggle.com")
+        sleep(poll_s)
+
+
+def push_dataset(api, folder: PathLike, message: str, **wait) -> str:
+    """Create or version the dataset in folder (directories uploaded as tar), then wait until Kaggle has it ready."""
+    ref = json.loads((Path(folder) / "dataset-metadata.json").read_text())["id"]
+    try:
+        api.dataset_status(ref)
+        exists = True
+    except Exception as exc:  # noqa: BLE001 - the API raises requests' HTTPError; only 404 means "not there yet"
+        if not _is_not_found(exc):
+            raise KagglePushError(f"cannot read the status of dataset {ref}: {exc}") from exc
+        exists = False
+    print(f"$ kaggle datasets {'version' if exists else 'create'} -p {folder} --dir-mode tar", flush=True)
+    if exists:
+        response = api.dataset_create_version(str(folder), message, quiet=True, dir_mode="tar")
+    else:
+        response = api.dataset_create_new(str(folder), quiet=True, dir_mode="tar")
+    error = getattr(response, "error", None)
+    if response is None or error or _name(getattr(response, "status", "ok")) not in ("ok", ""):
+        raise KagglePushError(f"dataset {ref}: {error or 'Kaggle returned no response'}")
+    wait_for(lambda: (api.dataset_status(ref), ""), f"dataset {ref}", done=("ready",),
+             failed=("failed", "deleted", "error"), **wait)
+    return ref
+
+
+def push_kernel(api, folder: PathLike) -> str:
+    """Push one kernel folder; raise KagglePushError with Kaggle's message if the server refuses any part of it."""
+    meta = json.loads((Path(folder) / "kernel-metadata.json").read_text())
+    print(f"$ kaggle kernels push -p {folder}", flush=True)
+    response = api.kernels_push(str(folder))
+    if response is None:
+        raise KagglePushError(f"Kernel push error for {meta['id']}: Kaggle returned no response")
+    problems = [getattr(response, "error", None)]
+    for field in ("dataset", "competition", "kernel", "model"):
+        invalid = getattr(response, f"invalid_{field}_sources", None)
+        if invalid:
+            problems.append(f"invalid {field} sources {list(invalid)}")
+    problems = [p for p in problems if p]
+    if problems:
+        raise KagglePushError(f"Kernel push error for {meta['id']}: " + "; ".join(problems))
+    version = getattr(response, "version_number", None)
+    print(f"  {meta['id']}: version {version} pushed, running: {getattr(response, 'url', '')}", flush=True)
+    return meta["id"]
+
+
+def wait_for_kernel(api, ref: str, **wait) -> str:
+    """Wait until kernel ref's newest version has finished; KagglePushError if it failed or was cancelled."""
+    def read():
+        response = api.kernels_status(ref)
+        return response.status, getattr(response, "failure_message", "")
+    return wait_for(read, f"kernel {ref}", done=("complete",),
+                    failed=("error", "cancel_requested", "cancel_acknowledged"), **wait)
+
+
+def push_all(api, dataset: PathLike, kernels: Sequence[PathLike], message: str, wait: bool = False,
+             **poll) -> list[str]:
+    """Dataset first (ready before anything uses it), then every kernel; a sampling kernel only after the
+    training kernels it reads have completed (wait=True), else it is left out and the command says how to push it.
+    Returns the ids pushed."""
+    pushed = [push_dataset(api, dataset, message, **poll)]
+    later = [k for k in kernels if SAMPLING_NOTEBOOK.search(Path(k).name.replace("ddpm-", "", 1))]
+    for folder in [k for k in kernels if k not in later]:
+        pushed.append(push_kernel(api, folder))
+    training = [ref for ref in pushed if TRAINING_NOTEBOOK.search(ref.split("/")[-1].replace("ddpm-", "", 1))]
+    for folder in later:
+        if not wait:
+            print(f"\nNot pushed yet: {Path(folder).name}, which samples the model of {', '.join(training)}. "
+                  f"Once that version has completed (kaggle kernels status {' '.join(training) or '<ref>'}), run:\n"
+                  f"  kaggle kernels push -p {folder}\n(or rerun this command with --wait, which waits for it).")
+            continue
+        for ref in training:
+            wait_for_kernel(api, ref, **poll)
+        pushed.append(push_kernel(api, folder))
+    return pushed
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
 def add_kaggle_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of the kaggle subcommand to parser (and return it)."""
     parser.add_argument("--user", default=os.environ.get("KAGGLE_USERNAME"), required="KAGGLE_USERNAME" not in os.environ,
@@ -120,41 +271,52 @@ def add_kaggle_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--notebooks", default="notebooks", help="folder of the notebooks (default: notebooks)")
     parser.add_argument("--repo-root", default=".", help="repository root holding ddpm_helpers/ (default: .)")
     parser.add_argument("--push", action="store_true",
-                        help="run the kaggle CLI: create or version the package dataset, then push every kernel")
+                        help="upload: the package dataset (waits until it is ready), then the kernels (01-04)")
+    parser.add_argument("--wait", action="store_true",
+                        help="with --push: wait until 04's version has completed, then push 05 (which samples it)")
+    parser.add_argument("--poll", type=float, default=60.0, help="seconds between status checks (default: 60)")
     parser.add_argument("--message", default="update ddpm_helpers", help="version note for `kaggle datasets version`")
     return parser
 
 
-def run_kaggle(args: argparse.Namespace) -> int:
-    """Write the dataset and kernel folders; print the kaggle commands, or with --push run them. Returns an exit code."""
+def run_kaggle(args: argparse.Namespace, api=None) -> int:
+    """Write the dataset and kernel folders; print the kaggle commands, or with --push upload them through the
+    kaggle package's API (api: a KaggleApi, or a stand-in in tests). Returns an exit code."""
     out = Path(args.out)
     dataset = write_package_dataset(args.repo_root, out, args.user)
     kernels = write_kernel_dirs(args.notebooks, out / "kernels", args.user)
     print(f"wrote {dataset} and {len(kernels)} kernel folders under {out / 'kernels'}")
-    dataset_id = f"{args.user}/{PACKAGE_DATASET_SLUG}"
-    create = ["kaggle", "datasets", "create", "-p", str(dataset), "--dir-mode", "tar"]
-    version = ["kaggle", "datasets", "version", "-p", str(dataset), "--dir-mode", "tar", "-m", args.message]
-    pushes = [["kaggle", "kernels", "push", "-p", str(k)] for k in kernels]
     if not args.push:
-        print("\nTo upload (add --push to run these):")
-        print(f"  {shlex.join(create)}    # the first time; later: {shlex.join(version)}")
-        for cmd in pushes:
-            print(f"  {shlex.join(cmd)}")
+        print("\nTo upload, in this order (add --push to do it; --push --wait also waits for 04 before 05):")
+        print(f"  kaggle datasets create -p {dataset} --dir-mode tar    # the first time; later: "
+              f"kaggle datasets version -p {dataset} --dir-mode tar -m {shlex.quote(args.message)}")
+        print(f"  kaggle datasets status {args.user}/{PACKAGE_DATASET_SLUG}    # until it says ready")
+        training = " ".join(f"{args.user}/{k.name}" for k in kernels if TRAINING_NOTEBOOK.search(k.name))
+        for folder in kernels:
+            if SAMPLING_NOTEBOOK.search(folder.name.replace("ddpm-", "", 1)):
+                print(f"  # only once that version has completed (kaggle kernels status {training}):")
+            print(f"  kaggle kernels push -p {folder}")
         return 0
-    if shutil.which("kaggle") is None:
-        print("The kaggle CLI is not installed: pip install kaggle (then put your API token in ~/.kaggle/kaggle.json).")
-        return 2
-    if not kaggle_credentials_found():
-        print("No Kaggle credentials: download an API token (kaggle.com → Settings → API → Create New Token) to "
-              "~/.kaggle/kaggle.json and chmod 600 it, or set KAGGLE_USERNAME and KAGGLE_KEY.")
-        return 2
-    exists = subprocess.run(["kaggle", "datasets", "status", dataset_id], capture_output=True).returncode == 0
-    for cmd in [version if exists else create, *pushes]:
-        print("$", shlex.join(cmd), flush=True)
-        result = subprocess.run(cmd)
-        if result.returncode:
-            print(f"failed with exit code {result.returncode}: {shlex.join(cmd)}")
-            return result.returncode
+    if api is None:
+        if importlib.util.find_spec("kaggle") is None:
+            print("The kaggle package is not installed: pip install kaggle (then put your API token in "
+                  "~/.kaggle/kaggle.json).")
+            return 2
+        if not kaggle_credentials_found():
+            print("No Kaggle credentials: download an API token (kaggle.com → Settings → API → Create New Token) to "
+                  "~/.kaggle/kaggle.json and chmod 600 it, or set KAGGLE_USERNAME and KAGGLE_KEY.")
+            return 2
+        api = kaggle_api()
+    try:
+        push_all(api, dataset, kernels, args.message, wait=args.wait, poll_s=args.poll)
+    except (KagglePushError, ValueError) as exc:    # ValueError: the kaggle package's own checks of a folder
+        print(f"Kaggle refused: {exc}")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - an HTTP error from the server: show what the server said
+        if getattr(exc, "response", None) is None:
+            raise
+        print(f"Kaggle refused: {exc}\n{getattr(exc.response, 'text', '')}")
+        return 1
     print(f"\nFollow a run with: kaggle kernels status {args.user}/<slug>; fetch its output with "
           f"kaggle kernels output {args.user}/<slug> -p out/")
     return 0

@@ -4,21 +4,26 @@ The first code cell of each notebook (identical in all of them) makes ``ddpm_hel
 runs ``RUN = setup()``. ``setup`` detects the environment (a clone, Kaggle, Colab, CI), finds CelebA, picks
 the full or the small configuration, prints one line that says which, and returns a frozen :class:`Run`.
 
-The cell has to find the package before it can import it, so it carries a five-line copy of
-:func:`find_package_source`; tests/test_kaggle.py runs both on the same fake ``/kaggle/input`` trees.
+The cell has to find the package before it can import it, so it carries a short copy of
+:func:`find_package_source` (and unpacks the package when Kaggle kept the uploaded archive as a ``.tar``/``.zip``);
+tests/test_kaggle.py runs both on the same fake ``/kaggle/input`` trees.
+
+Kaggle is recognised by its own environment variable ``KAGGLE_KERNEL_RUN_TYPE`` (``Batch`` for a saved version,
+``Interactive`` in the editor), never by the mere existence of a ``/kaggle`` folder. ``$DDPM_KAGGLE_ROOT`` moves
+``/kaggle`` (the Kaggle stand-in in tests/ points it at a temporary tree); ``$DDPM_KAGGLE_INPUT`` moves only the input.
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
-KAGGLE_INPUT = Path("/kaggle/input")  # overridden by $DDPM_KAGGLE_INPUT (tests point it at a fake tree)
-KAGGLE_WORKING = Path("/kaggle/working")
+KAGGLE_ROOT = Path("/kaggle")  # overridden by $DDPM_KAGGLE_ROOT (the stand-in points it at a temporary tree)
 PACKAGE = "ddpm_helpers"
 PACKAGE_SEARCH_DEPTH = 5  # look at depths 0–4: /kaggle/input/datasets/<owner>/<slug>/ddpm_helpers is at depth 3
 FALSE_WORDS = ("", "0", "false", "no", "off")
@@ -48,6 +53,11 @@ class Run:
     figures_dir: Path
     out_dir: Path
     repo_root: Optional[Path]
+    started: float = 0.0   # time.time() when setup() ran: a Kaggle session's clock starts with the first cell
+
+    def elapsed(self) -> float:
+        """Seconds since setup() ran."""
+        return time.time() - self.started
 
     def pick(self, small, full):
         """The value for this run size: ``RUN.pick(small=32, full=64)``."""
@@ -70,10 +80,21 @@ class Run:
 # ---------------------------------------------------------------------------------------------
 # Finding the package (what the first cell does before it can import anything)
 # ---------------------------------------------------------------------------------------------
-def kaggle_input_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
-    """/kaggle/input, or $DDPM_KAGGLE_INPUT when set."""
+def kaggle_root(environ: Optional[Mapping[str, str]] = None) -> Path:
+    """/kaggle, or $DDPM_KAGGLE_ROOT when set."""
     environ = os.environ if environ is None else environ
-    return Path(environ.get("DDPM_KAGGLE_INPUT") or KAGGLE_INPUT)
+    return Path(environ.get("DDPM_KAGGLE_ROOT") or KAGGLE_ROOT)
+
+
+def kaggle_input_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
+    """<kaggle root>/input, or $DDPM_KAGGLE_INPUT when set."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("DDPM_KAGGLE_INPUT") or kaggle_root(environ) / "input")
+
+
+def kaggle_working_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
+    """<kaggle root>/working: the folder Kaggle saves as a version's output."""
+    return kaggle_root(environ) / "working"
 
 
 def find_package_source(kaggle_input: Optional[PathLike] = None, cwd: Optional[PathLike] = None) -> Optional[Path]:
@@ -110,10 +131,13 @@ def is_small_forced(environ: Optional[Mapping[str, str]] = None) -> bool:
     return _flag(environ, "CI") or _flag(environ, "DDPM_SMALL")
 
 
-def is_kaggle(environ: Optional[Mapping[str, str]] = None, kaggle_working: PathLike = KAGGLE_WORKING) -> bool:
-    """A Kaggle notebook: KAGGLE_KERNEL_RUN_TYPE is set, or /kaggle/working exists."""
+def is_kaggle(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """A Kaggle notebook: Kaggle's own KAGGLE_KERNEL_RUN_TYPE is set (Batch or Interactive).
+
+    A /kaggle/working folder alone proves nothing (a CI machine may have one).
+    """
     environ = os.environ if environ is None else environ
-    return bool(environ.get("KAGGLE_KERNEL_RUN_TYPE")) or Path(kaggle_working).is_dir()
+    return bool(environ.get("KAGGLE_KERNEL_RUN_TYPE", "").strip())
 
 
 def is_colab(environ: Optional[Mapping[str, str]] = None) -> bool:
@@ -172,18 +196,22 @@ def locate_celeba(kaggle_input: Optional[PathLike] = None, repo_root: Optional[P
     return None, False
 
 
-def setup(kaggle_input: Optional[PathLike] = None, kaggle_working: PathLike = KAGGLE_WORKING,
+def setup(kaggle_input: Optional[PathLike] = None, kaggle_working: Optional[PathLike] = None,
           environ: Optional[Mapping[str, str]] = None, announce: bool = True) -> Run:
     """Detect the environment, find CelebA, choose the run size, make the output folders, print one line.
 
-    kaggle_input defaults to /kaggle/input (or $DDPM_KAGGLE_INPUT); environ to os.environ.
+    kaggle_input defaults to /kaggle/input, kaggle_working to /kaggle/working (both under $DDPM_KAGGLE_ROOT,
+    or $DDPM_KAGGLE_INPUT); environ to os.environ. Kaggle is recognised by KAGGLE_KERNEL_RUN_TYPE only.
 
     full = a usable GPU, the real CelebA (not the test sample) and not CI/DDPM_SMALL.
     Figures go to $DDPM_FIGURES_DIR if set, else <repo>/figures in a clone, /kaggle/working/figures on
     Kaggle, ./figures elsewhere; outputs to <repo>/runs, /kaggle/working, or ./runs.
     """
+    started = time.time()
     environ = os.environ if environ is None else environ
-    on_kaggle, on_colab, in_ci = is_kaggle(environ, kaggle_working), is_colab(environ), is_small_forced(environ)
+    kaggle_working = Path(kaggle_working) if kaggle_working is not None else kaggle_working_dir(environ)
+    kaggle_input = Path(kaggle_input) if kaggle_input is not None else kaggle_input_dir(environ)
+    on_kaggle, on_colab, in_ci = is_kaggle(environ), is_colab(environ), is_small_forced(environ)
     repo_root = None if on_kaggle else repository_root()
     n_gpus = cuda_devices()
     celeba, is_sample = locate_celeba(kaggle_input, repo_root, environ)
@@ -200,7 +228,7 @@ def setup(kaggle_input: Optional[PathLike] = None, kaggle_working: PathLike = KA
     run = Run(on_kaggle=on_kaggle, on_colab=on_colab, in_ci=in_ci, device="cuda" if n_gpus else "cpu",
               n_gpus=n_gpus, full=bool(n_gpus and celeba is not None and not is_sample and not in_ci),
               celeba=celeba, celeba_is_sample=is_sample, figures_dir=figures_dir, out_dir=out_dir,
-              repo_root=repo_root)
+              repo_root=repo_root, started=started)
     if announce:
         print(run.describe())
     return run
@@ -210,13 +238,16 @@ def small_training_config(run: Run, out_name: str, environ: Optional[Mapping[str
     """The training configuration notebooks 04 and 05 share in their small (CPU, CI) mode.
 
     Data: 500 of the 5,000 half-size CelebA images when $DDPM_SHARED_DATA holds them (CI), else CelebA
-    itself when it was found (a machine without a GPU), else the 100 offline LFW faces (grayscale); 16 px.
-    Model and optimiser: the ``cpu`` preset's; 800 steps or 45 s, one CPU thread. The two notebooks call
-    this with different ``out_name`` and otherwise the same settings, so 05 can reuse 04's checkpoint.
+    itself when it was found (a machine without a GPU, or the Kaggle stand-in), else the 100 offline LFW
+    faces (grayscale); 16 px. Model and optimiser: the ``cpu`` preset's; 800 steps or 45 s, one CPU thread.
+    $DDPM_SMALL_MAX_STEPS lowers the step count (the Kaggle stand-in's budget; announced when used). The
+    two notebooks call this with different ``out_name`` and otherwise the same settings, so 05 can reuse 04's
+    checkpoint. The image cache goes where session.cache_dir_for says (reused from a previous Kaggle version).
     """
     import dataclasses
 
     from .config import TRAIN_PRESETS, DataConfig, train_preset
+    from .session import cache_dir_for
     env = os.environ if environ is None else environ
     shared = env.get("DDPM_SHARED_DATA")
     half_size = Path(shared) / "celeba_5k_half" if shared else None
@@ -227,8 +258,29 @@ def small_training_config(run: Run, out_name: str, environ: Optional[Mapping[str
     else:
         source = None
     data = DataConfig(root=str(source) if source else None, max_images=500 if source else None, image_size=16,
-                      channels=3 if source else 1, cache_dir=str(run.out_dir / "cache"))
+                      channels=3 if source else 1)
+    data = dataclasses.replace(data, cache_dir=str(cache_dir_for(run, data)))
     model = dataclasses.replace(TRAIN_PRESETS["cpu"].model, in_channels=data.channels, out_channels=data.channels)
+    steps = int(env.get("DDPM_SMALL_MAX_STEPS") or 800)
+    if steps != 800:
+        print(f"small budget from $DDPM_SMALL_MAX_STEPS: {steps} steps instead of 800")
     return train_preset("cpu", model=model, data=data, out_dir=str(run.out_dir / out_name), batch_size=32,
-                        warmup_steps=100, max_steps=800, time_budget=45.0, sample_every=0, sample_n=16,
-                        sample_steps=20, checkpoint_every=100, log_every=10, num_threads=1)
+                        warmup_steps=min(100, steps // 4), max_steps=steps, time_budget=45.0, sample_every=0,
+                        sample_n=16, sample_steps=20, checkpoint_every=max(1, min(100, steps // 8)), log_every=10,
+                        num_threads=1)
+
+
+def full_training_config(run: Run, preset: str, time_budget):
+    """The full run of notebook 04: preset on the CelebA found, in run.out_dir/preset, with a session's time budget.
+
+    time_budget ("11h30m", seconds) is the whole session's, counted from the notebook's start by
+    session.run_training; the cache is placed by session.cache_dir_for (reused from a previous version).
+    """
+    import dataclasses
+
+    from .config import TRAIN_PRESETS, train_preset
+    from .session import cache_dir_for
+    from .train import parse_duration
+    data = dataclasses.replace(TRAIN_PRESETS[preset].data, root=str(run.celeba.image_dir))
+    data = dataclasses.replace(data, cache_dir=str(cache_dir_for(run, data)))
+    return train_preset(preset, data=data, out_dir=str(run.out_dir / preset), time_budget=parse_duration(time_budget))

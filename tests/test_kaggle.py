@@ -67,27 +67,49 @@ def test_kernel_metadata_fields():
     assert cpu["dataset_sources"] == ["a/b"]
 
 
+ALL_NOTEBOOKS = ("01_forward_noising", "02_time_embeddings", "03_unet", "04_training", "05_sampling")
+
+
 def test_write_kernel_dirs(tmp_path):
-    notebooks = _fake_notebooks(tmp_path / "notebooks")
+    notebooks = _fake_notebooks(tmp_path / "notebooks", ALL_NOTEBOOKS)
     folders = kaggle.write_kernel_dirs(notebooks, tmp_path / "out", "alice")
-    assert [f.name for f in folders] == ["ddpm-01-forward-noising", "ddpm-03-unet", "ddpm-04-training"]
+    assert [f.name for f in folders] == ["ddpm-" + n.replace("_", "-") for n in ALL_NOTEBOOKS]
+    metas = {}
     for folder in folders:
-        meta = json.loads((folder / "kernel-metadata.json").read_text())  # valid JSON
+        meta = metas[folder.name] = json.loads((folder / "kernel-metadata.json").read_text())  # valid JSON
         assert (folder / meta["code_file"]).is_file()
         nbformat.validate(nbformat.read(folder / meta["code_file"], as_version=4))
-        assert meta["id"] == f"alice/{folder.name}" and meta["machine_shape"] == "NvidiaTeslaT4"
+        assert meta["id"] == f"alice/{folder.name}"
         assert "jessicali9530/celeba-dataset" in meta["dataset_sources"]
         assert "alice/ddpm-helpers-code" in meta["dataset_sources"]
-        expected = [meta["id"]] if folder.name.startswith("ddpm-04") else []  # training chains its own outputs
-        assert meta["kernel_sources"] == expected
+    # 04 chains its own outputs (resume); 05 reads 04's output (its model); 01-03 need nothing
+    assert metas["ddpm-04-training"]["kernel_sources"] == ["alice/ddpm-04-training"]
+    assert metas["ddpm-05-sampling"]["kernel_sources"] == ["alice/ddpm-04-training"]
+    assert all(metas[f"ddpm-0{i}-{n}"]["kernel_sources"] == [] for i, n in ((1, "forward-noising"), (3, "unet")))
+    # GPU T4x2 only where the work needs it: 01-03 spend no GPU quota
+    gpu = {name: (m["enable_gpu"], m.get("machine_shape")) for name, m in metas.items()}
+    assert gpu == {"ddpm-01-forward-noising": (False, None), "ddpm-02-time-embeddings": (False, None),
+                   "ddpm-03-unet": (False, None), "ddpm-04-training": (True, "NvidiaTeslaT4"),
+                   "ddpm-05-sampling": (True, "NvidiaTeslaT4")}
     with pytest.raises(FileNotFoundError):
         kaggle.write_kernel_dirs(tmp_path / "empty", tmp_path / "out2", "alice")
+
+
+# The licence names Kaggle accepts for datasets (kaggle-cli docs/datasets_metadata.md, "Licenses"); no "MIT".
+KAGGLE_DATASET_LICENSES = {
+    "CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "ODbL-1.0", "DbCL-1.0",
+    "copyright-authors", "other", "unknown", "CC-BY-4.0", "CC-BY-NC-4.0", "PDDL", "CC-BY-3.0", "CC-BY-3.0-IGO",
+    "US-Government-Works", "CC-BY-NC-SA-3.0-IGO", "CDLA-Permissive-1.0", "CDLA-Sharing-1.0", "CC-BY-ND-4.0",
+    "CC-BY-NC-ND-4.0", "ODC-BY-1.0", "LGPL-3.0", "AGPL-3.0", "FDL-1.3", "EU-ODP-Legal-Notice", "apache-2.0", "GPL-3.0"}
 
 
 def test_write_package_dataset(tmp_path):
     folder = kaggle.write_package_dataset(REPO, tmp_path / "out", "alice")
     meta = json.loads((folder / "dataset-metadata.json").read_text())
-    assert meta == {"title": "ddpm-helpers-code", "id": "alice/ddpm-helpers-code", "licenses": [{"name": "MIT"}]}
+    assert (meta["title"], meta["id"]) == ("ddpm-helpers-code", "alice/ddpm-helpers-code")
+    assert [lic["name"] for lic in meta["licenses"]] == ["other"] and "other" in KAGGLE_DATASET_LICENSES
+    assert "MIT" in meta["description"] and "CelebA" in meta["description"]   # "other": said in the description
+    assert (folder / "LICENSE").read_text() == (REPO / "LICENSE").read_text() and "MIT" in (REPO / "LICENSE").read_text()
     assert (folder / "ddpm_helpers" / "__init__.py").is_file()
     assert (folder / "ddpm_helpers" / "notebook_setup.py").is_file()
     assert not list(folder.rglob("__pycache__"))
@@ -135,11 +157,24 @@ def _first_cell() -> str:
     return next(c.source for c in nb.cells if c.cell_type == "code")
 
 
-@pytest.mark.parametrize("mount", ["ddpm-helpers-code", "datasets/alice/ddpm-helpers-code"])
+def _plant_archive(folder: Path, fmt: str) -> Path:
+    """What `kaggle datasets create --dir-mode tar|zip` uploads: the package's files at the archive's top level."""
+    folder.mkdir(parents=True)
+    return Path(shutil.make_archive(str(folder / "ddpm_helpers"), fmt, PACKAGE))
+
+
+@pytest.mark.parametrize("mount", ["ddpm-helpers-code", "datasets/alice/ddpm-helpers-code",
+                                   "tar:datasets/alice/ddpm-helpers-code", "zip:ddpm-helpers-code"])
 def test_first_cell_imports_package_from_fake_kaggle_input(tmp_path, mount):
-    """Run the notebooks' real first cell in a fresh interpreter where ddpm_helpers is not importable."""
+    """Run the notebooks' real first cell in a fresh interpreter where ddpm_helpers is not importable:
+    the package unpacked by Kaggle, or left as the uploaded .tar/.zip (unpacked into a temporary folder)."""
     kin = tmp_path / "input"
-    dataset = _plant_package(kin / mount, full=True)
+    fmt, _, mount = mount.rpartition(":")
+    if fmt:
+        archive = _plant_archive(kin / mount, fmt)
+        os.chmod(kin / mount, 0o555)                                        # inputs are read-only
+    else:
+        dataset = _plant_package(kin / mount, full=True)
     _plant_celeba(kin / mount.replace("ddpm-helpers-code", "celeba-dataset"))
     work = tmp_path / "kaggle" / "working"
     work.mkdir(parents=True)
@@ -150,7 +185,12 @@ def test_first_cell_imports_package_from_fake_kaggle_input(tmp_path, mount):
     result = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert f"FROM {dataset / 'ddpm_helpers' / '__init__.py'}" in result.stdout
+    if fmt:
+        imported = Path(result.stdout.split("FROM ")[1].split()[0])
+        assert imported.name == "__init__.py" and not imported.is_relative_to(kin) and archive.is_file()
+        assert sorted(os.listdir(kin / mount)) == [archive.name]                   # nothing written to the input
+    else:
+        assert f"FROM {dataset / 'ddpm_helpers' / '__init__.py'}" in result.stdout
     assert "CELEBA " + str(kin / mount.replace("ddpm-helpers-code", "celeba-dataset")) in result.stdout
     assert "Small configuration" in result.stdout
 
@@ -173,14 +213,31 @@ def test_setup_on_fake_kaggle(tmp_path, monkeypatch, capsys):
     working.mkdir()
     celeba = _plant_celeba(kin / "datasets" / "jessicali9530" / "celeba-dataset")
     monkeypatch.setattr(notebook_setup, "cuda_devices", lambda: 2)              # pretend: T4 ×2
-    run = setup(kaggle_input=kin, kaggle_working=working, environ={})
+    run = setup(kaggle_input=kin, kaggle_working=working, environ={"KAGGLE_KERNEL_RUN_TYPE": "Batch"})
     assert run.on_kaggle and not run.in_ci and run.device == "cuda" and run.n_gpus == 2
     assert run.celeba.image_dir == celeba / "img_align_celeba" / "img_align_celeba" and not run.celeba_is_sample
     assert run.full and run.pick(small=32, full=64) == 64
     assert run.figures_dir == working / "figures" and run.figures_dir.is_dir() and run.out_dir == working
     assert capsys.readouterr().out.startswith("Full run (Kaggle): cuda ×2, CelebA at ")
-    ci = setup(kaggle_input=kin, kaggle_working=working, environ={"CI": "1"}, announce=False)
+    ci = setup(kaggle_input=kin, kaggle_working=working, environ={"CI": "1", "KAGGLE_KERNEL_RUN_TYPE": "Batch"},
+               announce=False)
     assert ci.in_ci and not ci.full                                           # CI is always small
+
+
+def test_kaggle_is_recognised_by_its_variable_not_by_a_folder(tmp_path, monkeypatch):
+    """A CI machine with a /kaggle/working folder is not Kaggle: nothing is written there."""
+    monkeypatch.setattr(notebook_setup, "cuda_devices", lambda: 0)
+    monkeypatch.setattr(notebook_setup, "repository_root", lambda: tmp_path / "clone")
+    working = tmp_path / "kaggle" / "working"
+    working.mkdir(parents=True)
+    assert not notebook_setup.is_kaggle({}) and not notebook_setup.is_kaggle({"KAGGLE_KERNEL_RUN_TYPE": " "})
+    assert notebook_setup.is_kaggle({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"})
+    run = setup(kaggle_input=tmp_path / "none", environ={"DDPM_KAGGLE_ROOT": str(tmp_path / "kaggle")}, announce=False)
+    assert not run.on_kaggle and run.out_dir == tmp_path / "clone" / "runs" and not any(working.iterdir())
+    run = setup(kaggle_input=tmp_path / "none", announce=False,
+                environ={"DDPM_KAGGLE_ROOT": str(tmp_path / "kaggle"), "KAGGLE_KERNEL_RUN_TYPE": "Batch"})
+    assert run.on_kaggle and run.out_dir == working and run.figures_dir == working / "figures"
+    assert notebook_setup.kaggle_input_dir({"DDPM_KAGGLE_ROOT": "/x"}) == Path("/x/input")
 
 
 def test_setup_small_without_gpu_or_celeba(tmp_path, monkeypatch, capsys):
@@ -230,32 +287,157 @@ def test_cli_without_push_prints_commands(tmp_path, capsys):
     assert (tmp_path / "build" / "kernels" / "ddpm-03-unet" / "kernel-metadata.json").is_file()
 
 
-def test_cli_push_without_kaggle_cli_or_credentials(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(kaggle.shutil, "which", lambda name: None)
+def test_cli_push_without_kaggle_package_or_credentials(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kaggle.importlib.util, "find_spec", lambda name: None)
     assert kaggle.run_kaggle(_args(tmp_path, "--push")) == 2
     assert "pip install kaggle" in capsys.readouterr().out
-    monkeypatch.setattr(kaggle.shutil, "which", lambda name: "/usr/bin/kaggle")
+    monkeypatch.undo()
     monkeypatch.setattr(kaggle, "kaggle_credentials_found", lambda: False)
     assert kaggle.run_kaggle(_args(tmp_path, "--push")) == 2
     assert "kaggle.json" in capsys.readouterr().out
 
 
-def test_cli_push_runs_the_kaggle_commands(tmp_path, monkeypatch, capsys):
-    """A fake `kaggle` executable on PATH logs its arguments; `datasets status` fails, so the dataset is created."""
-    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
-    bin_dir.mkdir()
-    fake = bin_dir / "kaggle"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n[ "$2" = status ] && exit 1\nexit 0\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
-    monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
-    assert kaggle.run_kaggle(_args(tmp_path, "--push")) == 0
-    calls = log.read_text().splitlines()
-    assert calls[0] == "datasets status alice/ddpm-helpers-code"
-    assert calls[1].startswith("datasets create -p") and calls[1].endswith("--dir-mode tar")
-    assert [c.split()[:2] for c in calls[2:]] == [["kernels", "push"]] * 3
-    assert capsys.readouterr().out.count("$ kaggle") == 4
+class _NotFound(Exception):
+    """What requests raises for a 404 (an HTTPError with .response.status_code)."""
+
+    def __init__(self):
+        super().__init__("404 Client Error: Not Found")
+        self.response = argparse.Namespace(status_code=404, text="not found")
+
+
+class FakeKaggleApi:
+    """Stands in for KaggleApi: records calls, answers with scripted statuses and server-side errors."""
+
+    def __init__(self, dataset_exists=False, dataset_statuses=("pending", "ready"), kernel_statuses=("running", "complete"),
+                 push_response=None):
+        self.calls, self.exists = [], dataset_exists
+        self.dataset_statuses, self.kernel_statuses = list(dataset_statuses), list(kernel_statuses)
+        self.push_response = push_response or {}
+
+    def dataset_status(self, ref):
+        self.calls.append(("dataset_status", ref))
+        if not self.exists:
+            raise _NotFound()
+        return self.dataset_statuses.pop(0) if len(self.dataset_statuses) > 1 else self.dataset_statuses[0]
+
+    def dataset_create_new(self, folder, quiet=False, dir_mode="skip"):
+        self.calls.append(("dataset_create_new", Path(folder).name, dir_mode))
+        self.exists = True
+        return argparse.Namespace(status="ok", error=None)
+
+    def dataset_create_version(self, folder, version_notes, quiet=False, dir_mode="skip"):
+        self.calls.append(("dataset_create_version", Path(folder).name, dir_mode))
+        return argparse.Namespace(status="ok", error=None)
+
+    def kernels_push(self, folder):
+        name = Path(folder).name
+        self.calls.append(("kernels_push", name))
+        fields = dict(error=None, invalid_dataset_sources=[], invalid_competition_sources=[],
+                      invalid_kernel_sources=[], invalid_model_sources=[], version_number=1, url="https://kaggle")
+        fields.update(self.push_response.get(name, {}))
+        return argparse.Namespace(**fields)
+
+    def kernels_status(self, ref):
+        self.calls.append(("kernels_status", ref))
+        status = self.kernel_statuses.pop(0) if len(self.kernel_statuses) > 1 else self.kernel_statuses[0]
+        return argparse.Namespace(status=argparse.Namespace(name=status.upper()), failure_message="it broke")
+
+
+def _push_args(tmp_path, *extra):
+    parser = kaggle.add_kaggle_arguments(argparse.ArgumentParser())
+    return parser.parse_args(["--user", "alice", "--out", str(tmp_path / "build"), "--repo-root", str(REPO), "--poll", "0",
+                              "--notebooks", str(_fake_notebooks(tmp_path / "nbs", ALL_NOTEBOOKS)), "--push", *extra])
+
+
+def test_push_order_dataset_ready_first_then_04_and_05_only_after_04_completes(tmp_path, capsys):
+    api = FakeKaggleApi()
+    assert kaggle.run_kaggle(_push_args(tmp_path, "--wait"), api=api) == 0
+    names = [c[0] for c in api.calls]
+    create = names.index("dataset_create_new")
+    ready = max(i for i, c in enumerate(api.calls) if c[0] == "dataset_status")
+    assert api.calls[create][2] == "tar" and create < ready < names.index("kernels_push")   # ready before any push
+    pushes = [c[1] for c in api.calls if c[0] == "kernels_push"]
+    assert pushes == ["ddpm-01-forward-noising", "ddpm-02-time-embeddings", "ddpm-03-unet", "ddpm-04-training",
+                      "ddpm-05-sampling"]
+    complete = max(i for i, c in enumerate(api.calls) if c == ("kernels_status", "alice/ddpm-04-training"))
+    assert names.index("kernels_push") < complete < api.calls.index(("kernels_push", "ddpm-05-sampling"))
+    out = capsys.readouterr().out
+    assert "dataset alice/ddpm-helpers-code: pending" in out and "kernel alice/ddpm-04-training: complete" in out
+
+
+def test_push_without_wait_leaves_05_and_says_how(tmp_path, capsys):
+    api = FakeKaggleApi(dataset_exists=True, dataset_statuses=("ready",))
+    assert kaggle.run_kaggle(_push_args(tmp_path), api=api) == 0
+    assert ("dataset_create_version", "ddpm-helpers-code", "tar") in api.calls
+    assert ("kernels_push", "ddpm-05-sampling") not in api.calls and ("kernels_push", "ddpm-04-training") in api.calls
+    assert not any(c[0] == "kernels_status" for c in api.calls)
+    out = capsys.readouterr().out
+    assert "Not pushed yet: ddpm-05-sampling" in out and "kaggle kernels push -p" in out and "--wait" in out
+
+
+@pytest.mark.parametrize("response, message", [
+    ({"error": "Notebook not found or access denied"}, "Notebook not found or access denied"),
+    ({"invalid_kernel_sources": ["alice/ddpm-04-trainin"]}, "invalid kernel sources ['alice/ddpm-04-trainin']"),
+    ({"invalid_dataset_sources": ["alice/ddpm-helpers-code"]}, "invalid dataset sources"),
+])
+def test_push_fails_with_kaggles_message(tmp_path, capsys, response, message):
+    api = FakeKaggleApi(dataset_exists=True, dataset_statuses=("ready",),
+                        push_response={"ddpm-02-time-embeddings": response})
+    assert kaggle.run_kaggle(_push_args(tmp_path, "--wait"), api=api) == 1
+    out = capsys.readouterr().out
+    assert "Kernel push error for alice/ddpm-02-time-embeddings" in out and message in out
+    assert ("kernels_push", "ddpm-03-unet") not in api.calls                   # stops at the first error
+
+
+def test_push_fails_when_the_dataset_or_04_fails(tmp_path, capsys):
+    api = FakeKaggleApi(dataset_statuses=("pending", "failed"))
+    assert kaggle.run_kaggle(_push_args(tmp_path), api=api) == 1
+    assert "dataset alice/ddpm-helpers-code ended with status 'failed'" in capsys.readouterr().out
+    assert not any(c[0] == "kernels_push" for c in api.calls)                  # nothing runs on a broken package
+    api = FakeKaggleApi(dataset_exists=True, dataset_statuses=("ready",), kernel_statuses=("running", "error"))
+    assert kaggle.run_kaggle(_push_args(tmp_path, "--wait"), api=api) == 1
+    assert "kernel alice/ddpm-04-training ended with status 'error': it broke" in capsys.readouterr().out
+    assert ("kernels_push", "ddpm-05-sampling") not in api.calls
+
+
+def test_wait_for_times_out():
+    ticks = iter(range(0, 10**6, 100))
+    with pytest.raises(kaggle.KagglePushError, match="still 'running' after 250 s"):
+        kaggle.wait_for(lambda: ("running", ""), "kernel a/b", done=("complete",), failed=("error",), poll_s=1,
+                        timeout_s=250, sleep=lambda s: None, clock=lambda: next(ticks))
+
+
+def _kaggle_cli(args, config_dir, tmp_path):
+    """Run the real kaggle CLI with dummy credentials and every request sent to a closed local port."""
+    env = {**os.environ, "KAGGLE_CONFIG_DIR": str(config_dir), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+    for key in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        env.pop(key, None)
+    code = "import sys; from kaggle.cli import main; sys.argv = ['kaggle'] + sys.argv[1:]; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+
+
+def test_generated_folders_pass_the_real_kaggle_cli_validation(tmp_path):
+    """Every generated folder gets through the kaggle CLI's local checks: it fails only when it reaches the network."""
+    pytest.importorskip("kaggle.cli", reason="the kaggle package (pip install kaggle) is needed for its CLI")
+    config = tmp_path / "kaggle_config"
+    config.mkdir()
+    (config / "kaggle.json").write_text('{"username": "alice", "key": "0123456789abcdef0123456789abcdef"}')
+    (config / "kaggle.json").chmod(0o600)
+    dataset = kaggle.write_package_dataset(REPO, tmp_path / "build", "alice")
+    kernels = kaggle.write_kernel_dirs(REPO / "notebooks", tmp_path / "build" / "kernels", "alice")
+    runs = {"dataset": _kaggle_cli(["datasets", "create", "-p", str(dataset), "--dir-mode", "tar"], config, tmp_path)}
+    runs.update({k.name: _kaggle_cli(["kernels", "push", "-p", str(k)], config, tmp_path) for k in kernels})
+    for name, result in runs.items():
+        said = result.stdout + result.stderr
+        assert "Max retries exceeded" in said, f"{name} failed before the network:\n{said}"
+        assert "api.kaggle.com" in said and ("SaveKernel" in said or "GetDatasetStatus" in said), said
+    # the same check catches a bad folder: a title Kaggle rejects never reaches the network
+    meta = json.loads((dataset / "dataset-metadata.json").read_text())
+    (dataset / "dataset-metadata.json").write_text(json.dumps({**meta, "title": "ddpm"}))
+    said = _kaggle_cli(["datasets", "create", "-p", str(dataset)], config, tmp_path)
+    assert "title must be between 6 and 50 characters" in said.stdout + said.stderr
 
 
 def test_credentials_detection(tmp_path):
