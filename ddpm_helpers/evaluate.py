@@ -13,12 +13,10 @@ float tensors in [−1, 1] (N, C, H, W) as ``generate`` returns them, or a folde
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
-import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,11 +109,23 @@ def _build_inception(weights_path: Optional[PathLike]) -> nn.Module:
                                          feature_extractor_weights_path=None if weights_path is None else str(weights_path))
     except ImportError as e:   # ModuleNotFoundError: torch-fidelity missing
         raise MetricsUnavailable(f"torch-fidelity is not installed ({e}): pip install torch-fidelity") from None
-    except OSError as e:       # URLError, HTTPError, ConnectionError, socket timeouts
-        raise MetricsUnavailable(f"{DOWNLOAD_HELP}. Cause: {type(e).__name__}: {e}") from None
-    except RuntimeError as e:  # a truncated download in the torch hub cache
-        raise MetricsUnavailable(f"the Inception weights could not be read ({e}); delete the partial file under "
-                                 f"{Path(torch.hub.get_dir()) / 'checkpoints'} and try again") from None
+    except Exception as e:
+        if weights_path is not None:   # a given file that is not the weights: unpickling errors, missing keys, ...
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise MetricsUnavailable(f"{weights_path} is not torch-fidelity's Inception weights ({type(e).__name__}: "
+                                     f"{first_line[:200]}); pass weights-inception-2015-12-05-6726825d.pth, or use "
+                                     "--feature simple offline") from None
+        if isinstance(e, (OSError, RuntimeError)):
+            raise _download_failure(e) from None
+        raise
+
+
+def _download_failure(e: Exception) -> MetricsUnavailable:
+    """What to do when the Inception weights could not be fetched (OSError) or read (RuntimeError)."""
+    if isinstance(e, OSError):       # URLError, HTTPError, ConnectionError, socket timeouts
+        return MetricsUnavailable(f"{DOWNLOAD_HELP}. Cause: {type(e).__name__}: {e}")
+    return MetricsUnavailable(f"the Inception weights could not be read ({e}); delete the partial file under "   # a
+                              f"{Path(torch.hub.get_dir()) / 'checkpoints'} and try again")   # truncated download
 
 
 def build_extractor(feature: Union[str, nn.Module] = "inception",
@@ -191,8 +201,7 @@ class ImageSource:
     def take(self, indices: Sequence[int]) -> torch.Tensor:
         """The images at ``indices`` as uint8 (B, C, H, W) on the CPU (alpha channels dropped)."""
         if self.files is not None:
-            import torchvision
-            batch = torch.stack([torchvision.io.read_image(str(self.files[i])) for i in indices])
+            batch = torch.stack([self._read(self.files[i]) for i in indices])
         else:
             rows = self.array[list(indices)] if isinstance(self.array, torch.Tensor) else \
                 np.take(self.array, list(indices), axis=0)
@@ -203,6 +212,18 @@ class ImageSource:
                 from .data import from_model_range
                 batch = from_model_range(batch)                # [−1, 1] → uint8
         return batch[:, :3].contiguous()
+
+    def _read(self, path: Path) -> torch.Tensor:
+        """One file as uint8 (C, H, W); DamagedImageError naming it when it cannot be decoded or has another
+        size than the set's first image."""
+        from .generate import DamagedImageError, read_png
+        image = read_png(path)
+        shape = getattr(self, "shape", None)
+        if shape is not None and tuple(image.shape) != tuple(shape):
+            raise DamagedImageError(f"{path} is {_shape_text(image.shape)} but the first image of {path.parent} is "
+                                    f"{_shape_text(shape)}: remove it, or run the same `sample` command again "
+                                    "(damaged files are redone)")
+        return image
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Consecutive uint8 batches (B, C, H, W) covering images 0 … n−1."""
@@ -388,72 +409,45 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
+# A sample folder against its training data (the command line's `evaluate` is cli.run_evaluate)
 # ---------------------------------------------------------------------------------------------
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Register the ``evaluate`` subcommand's flags on parser; returns it."""
-    parser.add_argument("--samples", required=True, help="folder of sample PNGs (from `sample --out-dir`)")
-    parser.add_argument("--data", default=None, help="CelebA root (default: search $CELEBA_DIR, /kaggle/input, ./data)")
-    parser.add_argument("--split", default="train", help="reference split (default train)")
-    parser.add_argument("--crop", default=None, help="reference crop (default: the samples' training crop, else ddim_128)")
-    parser.add_argument("--image-size", type=int, default=None, help="reference size (default: the samples' size)")
-    parser.add_argument("--channels", type=int, default=None, help="reference channels (default: the samples')")
-    parser.add_argument("--n-real", type=int, default=10_000, help="reference images, the split's first N (default 10000)")
-    parser.add_argument("--n-fake", type=int, default=None, help="use only the first N samples (default: all)")
-    parser.add_argument("--feature", default="inception", choices=("inception", "simple"),
-                        help="inception (downloads weights once) or simple (offline stand-in, self-comparable only)")
-    parser.add_argument("--inception-weights", default=None, help="local Inception weights file (offline use)")
-    parser.add_argument("--kid-subset-size", type=int, default=1000)
-    parser.add_argument("--kid-subsets", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
-    parser.add_argument("--cache-dir", default=None, help="where the reference images and features are cached")
-    parser.add_argument("--json", default=None, help="also write the result as JSON here")
-    parser.add_argument("--seed", type=int, default=0, help="seed of KID's subset draws")
-    return parser
-
-
-def _reference_config(args: argparse.Namespace, meta: Dict[str, Any]):
-    """A DataConfig for the reference set: flags first, then the samples' training data settings, then defaults."""
+def reference_config(meta: Dict[str, Any], root: Optional[str] = None, split: str = "train",
+                     crop: Optional[str] = None, image_size: Optional[int] = None, channels: Optional[int] = None,
+                     n_real: int = 10_000, cache_dir: Optional[str] = None):
+    """A DataConfig for the reference set: the arguments first, then the samples' training data settings
+    (samples.json's ``meta``), then the defaults. Never the offline LFW faces: CelebA samples are scored against
+    CelebA."""
     from .config import DataConfig
     data = meta.get("data") or {}
     default = DataConfig()
-    return DataConfig(root=args.data, split=args.split, crop=args.crop or data.get("crop") or default.crop,
-                      image_size=args.image_size or meta.get("image_size") or default.image_size,
-                      channels=args.channels or meta.get("channels") or default.channels,
-                      cache_dir=args.cache_dir, max_images=args.n_real,
-                      offline_fallback=False)   # never score CelebA samples against the 100 LFW faces
+    return DataConfig(root=root, split=split, crop=crop or data.get("crop") or default.crop,
+                      image_size=image_size or meta.get("image_size") or default.image_size,
+                      channels=channels or meta.get("channels") or default.channels,
+                      cache_dir=cache_dir, max_images=n_real, offline_fallback=False)
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    """Run the ``evaluate`` subcommand: prints FID and KID with their context; returns 0. Errors exit with a message."""
-    from .data import DataNotFoundError, default_cache_dir, prepare_images
+def evaluate_sample_folder(samples: PathLike, reference, n_fake: Optional[int] = None, device=None,
+                           **metric_kwargs) -> MetricResult:
+    """FID and KID of a `sample --out-dir` folder against the reference DataConfig (see reference_config).
+
+    The real images come from data.prepare_images (cached); their features are cached under the data cache
+    (``reference_features/``). A folder holding fewer samples than its samples.json asks for is scored with a
+    warning. metric_kwargs go to compute_metrics (feature, kid_subset_size, kid_subsets, batch_size, seed,
+    inception_weights, progress).
+    """
+    from .data import default_cache_dir, prepare_images
     from .generate import read_samples_json
-    meta = read_samples_json(args.samples) or {}
-    try:
-        fake = as_image_source(args.samples, limit=args.n_fake)
-        if meta.get("n") and fake.n < min(meta["n"], args.n_fake or meta["n"]):
-            print(f"warning: {args.samples} holds {fake.n} of the {meta['n']} samples its samples.json asks for "
-                  "(an interrupted run? `sample` again with the same flags resumes it)", file=sys.stderr)
-        cfg = _reference_config(args, meta)
-        real, description = prepare_images(cfg)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-        result = compute_metrics(fake, real, feature=args.feature, kid_subset_size=args.kid_subset_size,
-                                 kid_subsets=args.kid_subsets, batch_size=args.batch_size, device=device,
-                                 reference_cache=cache / "reference_features", reference=description,
-                                 sampler=_sampler_label(meta), steps=meta.get("steps"), seed=args.seed,
-                                 inception_weights=args.inception_weights, progress=True)
-    except (MetricsUnavailable, DataNotFoundError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    print(result)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        from .checkpoint import atomic_open
-        with atomic_open(args.json, "w") as f:
-            json.dump({**result.as_dict(), "samples": str(args.samples), "checkpoint": meta.get("checkpoint")}, f,
-                      indent=2)
-    return 0
+    meta = read_samples_json(samples) or {}
+    fake = as_image_source(samples, limit=n_fake)
+    if meta.get("n") and fake.n < min(meta["n"], n_fake or meta["n"]):
+        warnings.warn(f"{samples} holds {fake.n} of the {meta['n']} samples its samples.json asks for (an "
+                      "interrupted run? `sample` again with the same flags resumes it)")
+    real, description = prepare_images(reference)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cache = Path(reference.cache_dir).expanduser() if reference.cache_dir else default_cache_dir()
+    return compute_metrics(fake, real, device=device, reference_cache=cache / "reference_features",
+                           reference=description, sampler=_sampler_label(meta), steps=meta.get("steps"),
+                           **metric_kwargs)
 
 
 def _sampler_label(meta: Dict[str, Any]) -> str:

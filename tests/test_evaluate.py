@@ -1,5 +1,4 @@
 """Metric tests, offline: the stand-in SimpleFeatures extractor replaces Inception; torchmetrics does the math."""
-import argparse
 import json
 import urllib.error
 
@@ -9,8 +8,8 @@ import torch.nn.functional as F
 import torchvision
 
 import ddpm_helpers.data as data
-from ddpm_helpers.evaluate import (MetricsUnavailable, SimpleFeatures, add_evaluate_arguments, compute_metrics,
-                                   extract_features, run_evaluate)
+from ddpm_helpers.cli import main
+from ddpm_helpers.evaluate import MetricsUnavailable, SimpleFeatures, compute_metrics, extract_features
 
 N, SIZE = 128, 16
 KID = dict(kid_subset_size=50, kid_subsets=20)
@@ -133,10 +132,6 @@ def test_inception_download_failure_is_a_clear_message(real, monkeypatch, error)
     assert issubclass(MetricsUnavailable, RuntimeError)
 
 
-def _evaluate_cli(argv):
-    return add_evaluate_arguments(argparse.ArgumentParser()).parse_args(argv)
-
-
 @pytest.fixture
 def sample_folder(real, tmp_path, monkeypatch):
     """A folder of PNGs with a samples.json like write_samples', and prepare_images replaced by a tiny array."""
@@ -158,10 +153,9 @@ def sample_folder(real, tmp_path, monkeypatch):
 
 def test_cli_prints_metrics_for_a_sample_folder(sample_folder, tmp_path, capsys):
     folder, asked = sample_folder
-    args = _evaluate_cli(["--samples", str(folder), "--feature", "simple", "--kid-subset-size", "50", "--kid-subsets",
-                          "5", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--n-real", "100",
-                          "--json", str(tmp_path / "m.json")])
-    assert run_evaluate(args) == 0
+    assert main(["evaluate", "--samples", str(folder), "--feature", "simple", "--kid-subset-size", "50",
+                 "--kid-subsets", "5", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--n-real", "100",
+                 "--json", str(tmp_path / "m.json")]) == 0
     cfg = asked[0]
     assert (cfg.crop, cfg.image_size, cfg.channels, cfg.max_images) == ("center_140", SIZE, 3, 100)
     out = capsys.readouterr().out
@@ -170,15 +164,16 @@ def test_cli_prints_metrics_for_a_sample_folder(sample_folder, tmp_path, capsys)
     assert list((tmp_path / "cache" / "reference_features").glob("reference_simple-64-seed0_16px_n128_*.pt"))
 
 
-def test_cli_without_inception_weights_exits_with_the_message_not_a_traceback(sample_folder, tmp_path, monkeypatch):
+def test_cli_without_inception_weights_exits_with_the_message_not_a_traceback(sample_folder, tmp_path, monkeypatch,
+                                                                             capsys):
     import torchmetrics.image.fid as tm_fid
     folder, _ = sample_folder
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
     monkeypatch.setattr(tm_fid, "NoTrainInceptionV3", offline)
-    with pytest.raises(SystemExit, match="^error: the Inception weights could not be downloaded"):
-        run_evaluate(_evaluate_cli(["--samples", str(folder), "--device", "cpu", "--cache-dir", str(tmp_path)]))
-    with pytest.raises(SystemExit, match="no Inception weights file at"):
-        run_evaluate(_evaluate_cli(["--samples", str(folder), "--device", "cpu", "--cache-dir", str(tmp_path),
-                                    "--inception-weights", str(tmp_path / "missing.pth")]))
+    assert main(["evaluate", "--samples", str(folder), "--device", "cpu", "--cache-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: the Inception weights could not be downloaded")
+    assert main(["evaluate", "--samples", str(folder), "--device", "cpu", "--cache-dir", str(tmp_path),
+                 "--inception-weights", str(tmp_path / "missing.pth")]) == 2
+    assert "no Inception weights file at" in capsys.readouterr().err

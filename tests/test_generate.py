@@ -1,5 +1,4 @@
 """Generation tests: a tiny U-Net saved as a real checkpoint, sampled to a grid and to a resumable folder."""
-import argparse
 import copy
 
 import pytest
@@ -10,8 +9,9 @@ from PIL import Image
 import ddpm_helpers.generate as gen
 from ddpm_helpers.checkpoint import FORMAT, CheckpointError, atomic_save, config_to_dict
 from ddpm_helpers.config import DataConfig, DiffusionConfig, TrainConfig, unet_preset
-from ddpm_helpers.generate import (SampleFolderError, add_sample_arguments, generate, read_samples_json, run_sample,
-                                   sample_from_checkpoint)
+from ddpm_helpers.cli import main
+from ddpm_helpers.generate import (DamagedImageError, SampleFolderError, generate, png_problem, read_png,
+                                   read_samples_json, sample_from_checkpoint)
 from ddpm_helpers.schedule import NoiseSchedule
 from ddpm_helpers.unet import UNet
 
@@ -44,10 +44,6 @@ def run(tmp_path):
     return path, raw, ema, NoiseSchedule.linear(T)
 
 
-def _cli(argv):
-    return add_sample_arguments(argparse.ArgumentParser()).parse_args(argv)
-
-
 def _count_sampler_calls(monkeypatch):
     """Wrap both samplers in ddpm_helpers.generate; returns the list of batch sizes they were called with."""
     calls = []
@@ -77,8 +73,8 @@ def test_sample_i_depends_only_on_seed_and_index(run, sampler):
 def test_cli_writes_a_grid_of_the_right_pixel_size(run, tmp_path, capsys):
     path, *_ = run
     out = tmp_path / "grid.png"
-    assert run_sample(_cli(["--checkpoint", str(path.parent), "--n", "4", "--steps", "5", "--out", str(out),
-                            "--device", "cpu", "--quiet"])) == 0
+    assert main(["sample", "--checkpoint", str(path.parent), "--n", "4", "--steps", "5", "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
     assert Image.open(out).size == (2 * SIZE + 3 * 2, 2 * SIZE + 3 * 2)   # 2×2 grid, 2 px padding
     assert "ckpt_00000100.pt (EMA weights)" in capsys.readouterr().out
 
@@ -108,7 +104,7 @@ def test_resume_regenerates_only_the_missing_files_identically(run, tmp_path, mo
     assert not list(out_dir.glob(".*.tmp"))
 
 
-def test_samples_json_describes_the_folder_and_other_settings_are_refused(run, tmp_path):
+def test_samples_json_describes_the_folder_and_other_settings_are_refused(run, tmp_path, capsys):
     path, *_ = run
     out_dir = tmp_path / "samples"
     sample_from_checkpoint(path, n=3, steps=5, eta=0.0, seed=1, out_dir=out_dir, device="cpu", progress=False)
@@ -121,9 +117,9 @@ def test_samples_json_describes_the_folder_and_other_settings_are_refused(run, t
         kw = {**dict(n=3, steps=5, eta=0.0, seed=1, out_dir=out_dir, device="cpu", progress=False), **change}
         with pytest.raises(SampleFolderError, match=field):
             sample_from_checkpoint(path, **kw)
-    with pytest.raises(SystemExit, match="refusing to mix"):
-        run_sample(_cli(["--checkpoint", str(path), "--n", "3", "--steps", "7", "--seed", "1", "--out-dir",
-                         str(out_dir), "--device", "cpu", "--quiet"]))
+    assert main(["sample", "--checkpoint", str(path), "--n", "3", "--steps", "7", "--seed", "1", "--out-dir",
+                 str(out_dir), "--device", "cpu", "--quiet"]) == 2
+    assert "refusing to mix" in capsys.readouterr().err
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "000000.png").write_bytes(b"not ours")
@@ -153,16 +149,17 @@ def test_run_folder_uses_its_newest_checkpoint_and_grid_matches_folder(run, tmp_
     torch.testing.assert_close(result.images, folder.float() / 127.5 - 1)
 
 
-def test_missing_checkpoint_gives_a_clear_error(tmp_path):
+def test_missing_checkpoint_gives_a_clear_error(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="does not exist"):
         sample_from_checkpoint(tmp_path / "nope.pt", out=tmp_path / "g.png")
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(CheckpointError, match=r"holds no ckpt_\*\.pt"):
         sample_from_checkpoint(tmp_path / "empty_run", out=tmp_path / "g.png")
-    with pytest.raises(SystemExit, match="^error: no checkpoint at .*nope.pt"):
-        run_sample(_cli(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "g.png")]))
-    with pytest.raises(SystemExit, match="--out"):
-        run_sample(_cli(["--checkpoint", str(tmp_path / "nope.pt")]))
+    assert main(["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "g.png")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no checkpoint at {tmp_path / 'nope.pt'}")
+    assert main(["sample", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_stochastic_folder_refuses_another_batch_layout(run, tmp_path):
@@ -182,3 +179,47 @@ def test_stochastic_folder_refuses_another_batch_layout(run, tmp_path):
     sample_from_checkpoint(path, n=4, sampler="ddim", steps=5, seed=0, out_dir=ddim, batch_size=4, device="cpu",
                            progress=False)
     assert (ddim / "000003.png").exists()
+
+
+def _damage(path, how):
+    """Damage a PNG the ways a killed copy or a full disk does, or replace it with a valid image of another size."""
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "zero bytes":
+        path.write_bytes(b"")
+    elif how == "flipped byte":
+        damaged = bytearray(data)
+        damaged[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+    elif how == "other size":
+        torchvision.io.write_png(torch.zeros(3, SIZE // 2, SIZE // 2, dtype=torch.uint8), str(path))
+    elif how == "gray":
+        torchvision.io.write_png(torch.zeros(1, SIZE, SIZE, dtype=torch.uint8), str(path))
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero bytes", "flipped byte", "other size", "gray"])
+def test_a_damaged_png_is_detected_and_regenerated_identically(run, tmp_path, monkeypatch, how):
+    path, *_ = run
+    out_dir = tmp_path / "samples"
+    kw = dict(n=6, sampler="ddim", steps=5, out_dir=out_dir, batch_size=3, device="cpu", progress=False)
+    sample_from_checkpoint(path, **kw)
+    original = {p.name: p.read_bytes() for p in out_dir.glob("*.png")}
+    assert all(png_problem(out_dir / name, (3, SIZE, SIZE)) is None for name in original)
+    _damage(out_dir / "000004.png", how)
+    assert png_problem(out_dir / "000004.png", (3, SIZE, SIZE)) is not None
+    calls = _count_sampler_calls(monkeypatch)
+    report = sample_from_checkpoint(path, **kw).folder
+    assert (report.written, report.skipped, list(report.damaged)) == (1, 5, [4])
+    assert calls == [3]                                     # only the batch [3, 6) holding it
+    assert {p.name: p.read_bytes() for p in out_dir.glob("*.png")} == original
+
+
+def test_read_png_names_a_damaged_file(run, tmp_path):
+    path, *_ = run
+    sample_from_checkpoint(path, n=1, steps=5, out_dir=tmp_path / "s", device="cpu", progress=False)
+    png = tmp_path / "s" / "000000.png"
+    assert read_png(png).shape == (3, SIZE, SIZE)
+    _damage(png, "truncated")
+    with pytest.raises(DamagedImageError, match="cannot decode .*000000.png"):
+        read_png(png)

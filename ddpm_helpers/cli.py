@@ -1,0 +1,491 @@
+"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,prepare,kaggle} ...`` (or ``ddpm ...``).
+
+The one place where flags are declared. Each subcommand is two functions here — ``add_<name>_arguments(parser)``
+declaring its flags, each checked when parsed by a ``type=`` function below, and a thin ``run_<name>(args)``
+calling the package — and one row of COMMANDS. To add a subcommand, write those two and add the row.
+
+``main`` is the one error boundary: the package's own errors (errors.DDPMError: bad flags, missing data,
+unusable checkpoints, ...) and OS errors (no space left, permission denied, read-only, symlink loops, missing
+files) print one or two lines saying what happened and what to do, and exit with code 2; Ctrl-C exits with
+130. ``--debug`` (or the environment variable DDPM_DEBUG=1) adds the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import math
+import os
+import re
+import shlex
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from .config import AMP_NAMES, CROP_NAMES, SPLIT_NAMES, TRAIN_PRESETS, UNET_PRESETS
+from .errors import ConfigError, DDPMError
+
+EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
+DEBUG_ENV = "DDPM_DEBUG"
+
+
+# ---------------------------------------------------------------------------------------------
+# Flag types: each checks its value when the flag is parsed and says what would work
+# ---------------------------------------------------------------------------------------------
+def _number(text: str, kind: Callable, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _number(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small: must be an integer >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _number(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: must be an integer >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0, e.g. 2e-4")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1) (a decay or a rate)."""
+    value = _number(text, float, "a number")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1), e.g. 0.9999")
+    return value
+
+
+def eta_value(text: str) -> float:
+    """DDIM's η in [0, 1]: 0 deterministic, 1 as noisy as DDPM."""
+    value = _number(text, float, "a number")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1] (0: deterministic DDIM, 1: as noisy as DDPM)")
+    return value
+
+
+def parse_duration(text: Any) -> Optional[float]:
+    """'11h30m', '90m', '45s', '1.5h' or a number of seconds → seconds (None and '' stay None)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", s)
+    if not parts or "".join(n + u for n, u in parts) != s:
+        raise ValueError(f"cannot read duration {text!r}; use e.g. 11h30m, 90m, 45s or 3600 (seconds)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def duration(text: str) -> float:
+    """A time budget > 0: '11h30m', '90m', '45s' or seconds."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds is None or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the time budget must be > 0, e.g. 11h30m")
+    return seconds
+
+
+def device_name(text: str) -> str:
+    """cpu, cuda, cuda:N or mps, and only one this machine has."""
+    import torch
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU that torch can use; use --device "
+                                             "cpu, or leave --device out to pick the best device there is")
+        if dev.index is not None and dev.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} GPU(s): cuda:0 … cuda:{count - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no Apple GPU (MPS) here; use --device cpu")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: {dev.type} devices are not supported; use cpu, cuda or mps")
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported in two lines (the error, and where help is) instead of the whole usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n(see: {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+PATH_FLAGS = ("data", "out", "cache_dir")   # made absolute in the "continue with" command
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="auto", choices=["auto", *TRAIN_PRESETS],
+                   help="auto: celeba64 on a GPU with CelebA, cpu-celeba on a CPU with CelebA, else cpu (offline faces)")
+    p.add_argument("--data", help="CelebA folder (else $CELEBA_DIR, /kaggle/input, ./data are searched)")
+    p.add_argument("--out", help="run folder for checkpoints, samples, metrics")
+    p.add_argument("--image-size", type=positive_int, help="pixels; a multiple of 2**depth of the U-Net")
+    p.add_argument("--crop", choices=CROP_NAMES)
+    p.add_argument("--max-images", type=positive_int, help="use only the first N images of the split")
+    p.add_argument("--cache-dir", help="where the preprocessed uint8 cache goes")
+    p.add_argument("--unet", choices=sorted(UNET_PRESETS), help="U-Net preset to use instead of the preset's own")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (split across torchrun processes)")
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--max-steps", type=positive_int)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--time-budget", type=duration,
+                   help="e.g. 11h30m: checkpoint and exit cleanly before this much wall time")
+    p.add_argument("--resume", nargs="?", const=True, default=None,
+                   help="continue from the newest checkpoint in --out, or from the given file/folder")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume even though the data differs from what the checkpoint was trained on")
+    p.add_argument("--seed", type=non_negative_int)
+    p.add_argument("--device", type=device_name, help="cuda, cuda:1, mps or cpu (default: cuda if available)")
+    p.add_argument("--amp", choices=AMP_NAMES)
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
+    p.add_argument("--channels-last", choices=["on", "off"],
+                   help="memory format on CUDA (default: on for BatchNorm U-Nets, off for GroupNorm ones)")
+    p.add_argument("--sample-every", type=non_negative_int, help="steps between sample grids (0: only at the end)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--log-every", type=positive_int)
+    p.add_argument("--ema-decay", type=probability)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def resolve_preset(name: str, data_root: Optional[str] = None) -> str:
+    """'auto' → celeba64 on a GPU with CelebA, cpu-celeba on a CPU with CelebA, else cpu (offline faces)."""
+    if name != "auto":
+        return name
+    import torch
+    from .data import DataNotFoundError, find_celeba
+    try:
+        find_celeba(data_root)
+    except DataNotFoundError:
+        return "cpu"
+    return "celeba64" if torch.cuda.is_available() else "cpu-celeba"
+
+
+# flag → TrainConfig field, for the flags that set one field as given
+TRAIN_FIELDS = {"out": "out_dir", "batch_size": "batch_size", "lr": "lr", "max_steps": "max_steps",
+                "epochs": "epochs", "seed": "seed", "amp": "amp", "sample_every": "sample_every",
+                "checkpoint_every": "checkpoint_every", "log_every": "log_every", "ema_decay": "ema_decay",
+                "time_budget": "time_budget"}
+DATA_FIELDS = {"data": "root", "image_size": "image_size", "max_images": "max_images", "cache_dir": "cache_dir",
+               "crop": "crop"}
+
+
+def build_train_config(args: argparse.Namespace):
+    """Start from the named preset and apply the flags that were given; (preset name, TrainConfig).
+
+    The config checks every field as it is built (ConfigError naming the flag), before any file is written.
+    """
+    name = resolve_preset(args.preset, args.data)
+    cfg = TRAIN_PRESETS[name]
+    top = {field: getattr(args, flag) for flag, field in TRAIN_FIELDS.items() if getattr(args, flag) is not None}
+    data = {field: getattr(args, flag) for flag, field in DATA_FIELDS.items() if getattr(args, flag) is not None}
+    if args.compile:
+        top["compile"] = True
+    if args.channels_last is not None:
+        top["channels_last"] = args.channels_last == "on"
+    if args.unet is not None:
+        c = cfg.model.in_channels
+        top["model"] = dataclasses.replace(UNET_PRESETS[args.unet], in_channels=c, out_channels=c)
+    return name, dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data), **top)
+
+
+def _data_location(cfg) -> Optional[str]:
+    """The absolute folder the run's images came from: the --data given, else the CelebA the search finds
+    (None: the offline faces)."""
+    if cfg.data.root:
+        return str(Path(cfg.data.root).expanduser().resolve())
+    from .data import DataNotFoundError, find_celeba
+    try:
+        return str(find_celeba(None).image_dir.resolve())
+    except DataNotFoundError:
+        return None
+
+
+def continue_command(args: argparse.Namespace, preset: str, cfg) -> str:
+    """The shell command that continues this run exactly: every flag that was given (paths absolute), the data
+    pinned (--data, --image-size, --max-images, --cache-dir as resolved), and --resume."""
+    pinned = {"preset": preset, "out": cfg.out_dir, "data": _data_location(cfg), "image_size": cfg.data.image_size,
+              "max_images": cfg.data.max_images, "cache_dir": cfg.data.cache_dir}
+    parser = Parser()
+    add_train_arguments(parser)
+    words = ["python", "-m", "ddpm_helpers", "train"]
+    for action in parser._actions:
+        dest = action.dest
+        if not action.option_strings or dest in ("help", "resume", "allow_data_change"):
+            continue
+        value = pinned[dest] if pinned.get(dest) is not None else getattr(args, dest, None)
+        if value is None or value is False:
+            continue
+        if dest in PATH_FLAGS:
+            value = str(Path(value).expanduser().resolve())
+        words += [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
+    return " ".join(shlex.quote(w) for w in words + ["--resume"])
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import train
+    name, cfg = build_train_config(args)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        print(f"[train] preset {name} → {cfg.out_dir}")
+    extra = {"allow_data_change": True} if args.allow_data_change else {}
+    result = train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress, **extra)
+    if main_rank:
+        print(f"[train] {result.stop_reason} at step {result.step}. Outputs in {result.out_dir}: "
+              f"{result.checkpoint.name if result.checkpoint else 'no checkpoint'}, samples/latest.png, "
+              f"loss_curve.png, metrics.csv")
+        if result.stop_reason != "done":
+            print(f"[train] continue with: {continue_command(args, name, cfg)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# sample
+# ---------------------------------------------------------------------------------------------
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    from .generate import SAMPLERS, VARIANCES
+    p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
+    p.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (default) or ddpm (all T steps)")
+    p.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default 50, at most T); DDPM uses T")
+    p.add_argument("--eta", type=eta_value, default=0.0, help="DDIM η: 0 deterministic (default), 1 ≈ DDPM")
+    p.add_argument("--variance", choices=VARIANCES, default=None,
+                   help="DDPM σ_t²: beta (the report's) or posterior (β̃); default: the checkpoint's")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sample i starts from noise seeded by (seed, i)")
+    p.add_argument("--out", default=None, help="write one grid PNG here")
+    p.add_argument("--out-dir", default=None, help="write single PNGs here (resumable; damaged files are redone)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from .generate import sample_from_checkpoint
+    if args.out is None and args.out_dir is None:
+        raise ConfigError("sample needs --out (a grid PNG) and/or --out-dir (single PNGs for metrics)")
+    if args.sampler == "ddpm" and args.steps is not None:
+        print("note: DDPM runs all T steps of the schedule; --steps is ignored (use --sampler ddim for fewer)",
+              file=sys.stderr)
+    run = sample_from_checkpoint(args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                                 seed=args.seed, out=args.out, out_dir=args.out_dir, ema=args.ema, device=args.device,
+                                 batch_size=args.batch_size, variance=args.variance, progress=not args.quiet)
+    label = "DDPM" if args.sampler == "ddpm" else f"DDIM-{args.steps or 50} η={args.eta:g}"
+    print(f"checkpoint: {run.checkpoint} ({'EMA' if args.ema else 'raw'} weights), sampler {label}, seed {args.seed}")
+    if run.folder is not None:
+        r = run.folder
+        for i, why in sorted(r.damaged.items())[:5]:
+            print(f"note: {i:06d}.png {why}: regenerated", file=sys.stderr)
+        redone = f" ({len(r.damaged)} of them replaced damaged files)" if r.damaged else ""
+        print(f"{r.out_dir}: wrote {r.written} PNGs{redone}, kept {r.skipped} already there ({r.n} in all)")
+    if run.grid is not None:
+        print(f"grid of {len(run.images)} images: {run.grid}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", required=True, help="folder of sample PNGs (from `sample --out-dir`)")
+    p.add_argument("--data", default=None, help="CelebA root (default: search $CELEBA_DIR, /kaggle/input, ./data)")
+    p.add_argument("--split", default="train", choices=SPLIT_NAMES, help="reference split (default train)")
+    p.add_argument("--crop", default=None, choices=CROP_NAMES,
+                   help="reference crop (default: the samples' training crop, else ddim_128)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="reference size (default: the samples')")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="reference channels (default: the samples')")
+    p.add_argument("--n-real", type=positive_int, default=10_000,
+                   help="reference images, the split's first N (default 10000)")
+    p.add_argument("--n-fake", type=positive_int, default=None, help="use only the first N samples (default: all)")
+    p.add_argument("--feature", default="inception", choices=("inception", "simple"),
+                   help="inception (downloads weights once) or simple (offline stand-in, self-comparable only)")
+    p.add_argument("--inception-weights", default=None, help="local Inception weights file (offline use)")
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000)
+    p.add_argument("--kid-subsets", type=positive_int, default=100)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
+    p.add_argument("--cache-dir", default=None, help="where the reference images and features are cached")
+    p.add_argument("--json", default=None, help="also write the result as JSON here")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of KID's subset draws")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+    from .checkpoint import atomic_open
+    from .evaluate import evaluate_sample_folder, reference_config
+    from .generate import read_samples_json
+    if not Path(args.samples).is_dir():
+        raise ConfigError(f"--samples {args.samples}: no such folder (write one with `sample --out-dir`)")
+    meta = read_samples_json(args.samples) or {}
+    reference = reference_config(meta, root=args.data, split=args.split, crop=args.crop, image_size=args.image_size,
+                                 channels=args.channels, n_real=args.n_real, cache_dir=args.cache_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+        result = evaluate_sample_folder(args.samples, reference, n_fake=args.n_fake, device=args.device,
+                                        feature=args.feature, kid_subset_size=args.kid_subset_size,
+                                        kid_subsets=args.kid_subsets, batch_size=args.batch_size, seed=args.seed,
+                                        inception_weights=args.inception_weights, progress=True)
+    print(result)
+    if args.json:
+        with atomic_open(args.json, "w") as f:
+            json.dump({**result.as_dict(), "samples": str(args.samples), "checkpoint": meta.get("checkpoint")}, f,
+                      indent=2)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------------------------
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="CelebA folder (else searched)")
+    p.add_argument("--split", default="train", choices=SPLIT_NAMES)
+    p.add_argument("--crop", default="ddim_128", choices=CROP_NAMES)
+    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    p.add_argument("--max-images", type=positive_int)
+    p.add_argument("--cache-dir")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from .config import DataConfig
+    from .data import prepare_images
+    cfg = DataConfig(root=args.data, split=args.split, crop=args.crop, image_size=args.image_size,
+                     channels=args.channels, max_images=args.max_images, cache_dir=args.cache_dir,
+                     offline_fallback=False)
+    images, desc = prepare_images(cfg)
+    print(f"[prepare] {desc}: array {tuple(images.shape)} uint8")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# kaggle — the flags live here, the work in kaggle.py (engineer B's: add a flag here, use it in kaggle.run_kaggle)
+# ---------------------------------------------------------------------------------------------
+def add_kaggle_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", default=os.environ.get("KAGGLE_USERNAME"), required="KAGGLE_USERNAME" not in os.environ,
+                   help="your Kaggle user name (default: $KAGGLE_USERNAME)")
+    p.add_argument("--out", default="build/kaggle", help="where to write the folders (default: build/kaggle)")
+    p.add_argument("--notebooks", default="notebooks", help="folder of the notebooks (default: notebooks)")
+    p.add_argument("--repo-root", default=".", help="repository root holding ddpm_helpers/ (default: .)")
+    p.add_argument("--push", action="store_true",
+                   help="upload: the package dataset (waits until it is ready), then the kernels (01-04)")
+    p.add_argument("--wait", action="store_true",
+                   help="with --push: wait until 04's version has completed, then push 05 (which samples it)")
+    p.add_argument("--poll", type=positive_float, default=60.0, help="seconds between status checks (default: 60)")
+    p.add_argument("--message", default="update ddpm_helpers", help="version note for `kaggle datasets version`")
+
+
+def run_kaggle(args: argparse.Namespace) -> int:
+    from . import kaggle
+    return kaggle.run_kaggle(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser and the error boundary
+# ---------------------------------------------------------------------------------------------
+COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
+    ("train", "train a U-Net noise predictor", add_train_arguments, run_train),
+    ("sample", "generate images from a checkpoint", add_sample_arguments, run_sample),
+    ("evaluate", "FID/KID of a folder of samples", add_evaluate_arguments, run_evaluate),
+    ("prepare", "build the preprocessed CelebA cache", add_prepare_arguments, run_prepare),
+    ("kaggle", "write/push the Kaggle kernels and the package dataset", add_kaggle_arguments, run_kaggle),
+]
+DEBUG_HELP = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
+
+
+def build_parser() -> Parser:
+    """The parser of every subcommand (from COMMANDS); each sets args.run to its run function."""
+    parser = Parser(prog="python -m ddpm_helpers", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(c[0] for c in COMMANDS) + "}")
+    for name, help_text, add_arguments, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        p.set_defaults(run=run)
+    return parser
+
+
+def _outputs(args: argparse.Namespace) -> str:
+    """The output flags of this command, as typed: where an OS error without a file name most likely happened."""
+    given = [f"--{flag.replace('_', '-')} {getattr(args, flag)}" for flag in ("out", "out_dir", "json", "cache_dir")
+             if getattr(args, flag, None)]
+    return " / ".join(given) or "the output folder"
+
+
+def describe_os_error(e: OSError, args: argparse.Namespace) -> str:
+    """One or two lines for an OS error: what happened to which file, and what to do."""
+    name = e.filename if e.filename is not None else f"under {_outputs(args)}"
+    if e.errno == errno.ENOSPC:
+        return f"no space left on device writing {name}; free some space or choose another --out"
+    if e.errno == errno.EDQUOT:
+        return f"disk quota exceeded writing {name}; free some space or choose another --out"
+    if e.errno == errno.EROFS:
+        return f"cannot write {name}: the file system is read-only; choose another --out"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {name}; choose a folder you can write (--out), or fix its permissions"
+    if e.errno == errno.ELOOP:
+        return f"{name}: too many levels of symbolic links (a symlink loop); remove the loop or point the flag elsewhere"
+    if e.errno == errno.ENOENT:
+        return f"no such file or folder: {name}; check the path"
+    if e.errno is None:       # raised with a message only, e.g. FileNotFoundError("no notebooks in ...")
+        return str(e)
+    return f"{e.strerror or e}: {name}"
+
+
+def explain(e: BaseException, args: argparse.Namespace) -> Tuple[str, int]:
+    """(message, exit code) for an exception that reached the command line."""
+    if isinstance(e, DDPMError):
+        return f"error: {e}", EXIT_ERROR
+    if isinstance(e, OSError):
+        return f"error: {describe_os_error(e, args)}", EXIT_ERROR
+    return (f"error: unexpected {type(e).__name__}: {e}\nThis is a bug in ddpm_helpers: rerun with --debug (or "
+            f"{DEBUG_ENV}=1) to see the traceback, and report it."), EXIT_BUG
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse argv (default sys.argv[1:]), run the subcommand, turn expected failures into messages; exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:      # argparse printed the message (or the help)
+        return e.code if isinstance(e.code, int) else EXIT_ERROR
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:   # noqa: BLE001 - the one boundary: every failure becomes a message
+        if debug:
+            traceback.print_exc()
+        message, code = explain(e, args)
+        print(message, file=sys.stderr)
+        return code
