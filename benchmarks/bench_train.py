@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -57,8 +58,7 @@ sys.path.insert(0, str(HERE))
 from common import (command_line, environment, environment_line, markdown_table,  # noqa: E402
                     median, synchronize, timed, write_results)
 from ddpm_helpers.config import UNET_PRESETS, TrainConfig, UNetConfig, unet_preset  # noqa: E402
-from ddpm_helpers.schedule import NoiseSchedule  # noqa: E402
-from ddpm_helpers.train import EMA, Trainer, lr_lambda, make_adam, resolve_amp  # noqa: E402
+from ddpm_helpers.train import Trainer, build_trainer  # noqa: E402
 from ddpm_helpers.unet import UNet, count_parameters  # noqa: E402
 
 MODE_TOKENS = ("fp32", "amp", "channels_last", "compile", "cudnn_benchmark")
@@ -163,23 +163,11 @@ def match_diffusers(UNet2DModel, cfg: UNetConfig, target: int, image_size: int,
 # ---------------------------------------------------------------------------------------------
 # The training step: Trainer.train_step on a bare Trainer
 # ---------------------------------------------------------------------------------------------
-class BenchTrainer(Trainer):
-    """A Trainer holding only what ``train_step`` uses (no data, run folder or checkpoints), set up as
-    Trainer.__init__ sets it up, so that the timed step is our training step line for line."""
-
-    def __init__(self, model: nn.Module, device: torch.device, mode: Mode, cfg: TrainConfig, seed: int = 0):
-        self.cfg, self.device = cfg, device
-        self.schedule = NoiseSchedule.from_config(cfg.diffusion).to(device)
-        self.memory_format = torch.channels_last if mode.channels_last else torch.contiguous_format
-        self.model = model.to(device).to(memory_format=self.memory_format)
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
-        self.ema.eval()
-        self.opt = make_adam(self.model.parameters(), cfg)      # the package's optimizer, for both models
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.warmup_steps))
-        self.amp_dtype = resolve_amp("auto" if mode.amp else "off", device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.net = torch.compile(self.model) if mode.compile else self.model
-        self.gen = torch.Generator(device).manual_seed(seed)
+def bench_trainer(model: nn.Module, device: torch.device, mode: Mode, cfg: TrainConfig):
+    """A Trainer from the package's factory, without data or run folder: the timed step is our training step."""
+    run_cfg = dataclasses.replace(cfg, amp="auto" if mode.amp else "off", channels_last=mode.channels_last,
+                                  compile=mode.compile)
+    return build_trainer(run_cfg, device=str(device), model=model, with_data=False, progress=False, verbose=False)
 
 
 def random_batch(batch: int, channels: int, size: int, device: torch.device) -> torch.Tensor:
@@ -187,7 +175,7 @@ def random_batch(batch: int, channels: int, size: int, device: torch.device) -> 
     return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=g).to(device)
 
 
-def step_fn(bt: BenchTrainer, batch: torch.Tensor):
+def step_fn(bt: Trainer, batch: torch.Tensor):
     def step():
         _, _, ok = bt.train_step(batch)
         if not ok:
@@ -211,7 +199,7 @@ def _cpu_attention_flop_formulas() -> Dict[Any, Any]:
     return mapping
 
 
-def count_step_flops(bt: BenchTrainer, batch: torch.Tensor) -> int:
+def count_step_flops(bt: Trainer, batch: torch.Tensor) -> int:
     """Matmul-like FLOPs of one training step (forward + backward), counted on the eager model."""
     from torch.utils.flop_counter import FlopCounterMode
     net, bt.net = bt.net, bt.model
@@ -337,7 +325,7 @@ def _context(event) -> Tuple[str, bool]:
     return outer, False
 
 
-def profile_step(bt: BenchTrainer, batch: torch.Tensor, device: torch.device, top: int = 5) -> Dict[str, Any]:
+def profile_step(bt: Trainer, batch: torch.Tensor, device: torch.device, top: int = 5) -> Dict[str, Any]:
     """Self time per op over one step (CPU time on the CPU, kernel time on CUDA): the top ops and kinds.
 
     Ops inside Optimizer.step (Adam's sqrt, div, addcdiv, ...) count as optimizer work, not elementwise.
@@ -442,7 +430,7 @@ def run_config(preset: str, size: int, batch_size: int, mode: Mode, args, device
                "batch": batch_size, "mode": mode.name, "status": "ok", "times_s": []}
         rows[name] = row
         try:
-            bt = BenchTrainer(model, device, mode, train_cfg)
+            bt = bench_trainer(model, device, mode, train_cfg)
             batch = random_batch(batch_size, model_channels(model), size, device)
             step = step_fn(bt, batch)
             t0 = time.perf_counter()

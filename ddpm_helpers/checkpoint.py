@@ -4,7 +4,10 @@ A training checkpoint is a dict with keys: ``format`` ("ddpm_helpers/1"), ``conf
 TrainConfig as a nested dict), ``model``, ``ema`` (EMA weights, a state dict of the bare U-Net),
 ``ema_updates``, ``optimizer``, ``lr_schedule``, ``scaler``, ``step``, ``epoch``, ``batch_in_epoch``,
 ``rng`` (rank 0's), ``per_rank`` (every rank's RNG under DDP, else None), ``world_size``,
-``sample_noise``, ``bad_steps``, ``elapsed``, ``data`` (a description) and ``parameters``.
+``sample_noise``, ``bad_steps``, ``elapsed``, ``data`` (a description), ``data_identity`` (what the run
+trained on: source, split, count, crop, size, channels, fingerprint; absent in older checkpoints) and
+``parameters``. :mod:`ddpm_helpers.state` builds that dict from a Trainer and puts a Trainer back from it;
+this module writes, finds, reads and checks the files.
 """
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ import contextlib
 import dataclasses
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ._types import PathLike
 from .config import DataConfig, DiffusionConfig, TrainConfig, UNetConfig
 from .errors import DDPMError
 
@@ -25,23 +30,42 @@ if TYPE_CHECKING:
     from .schedule import NoiseSchedule
 
 FORMAT = "ddpm_helpers/1"
-PathLike = Union[str, os.PathLike]
+# atomic_open's temporary files: ".<name>.<8 random characters>.tmp" beside the target (tempfile.mkstemp)
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 class CheckpointError(DDPMError, ValueError):
     """A checkpoint that cannot be used: unreadable, of another format, or from an incompatible config."""
 
 
+class DataChangedError(CheckpointError):
+    """The checkpoint to resume was trained on other data than this run would use."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, permission, read-only file system)."""
+
+
+def _umask() -> int:
+    """The process's umask (Python has no getter: set it and put it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "wb"):
     """Write through a temporary file beside ``path``; on success fsync and os.replace it onto ``path``.
 
-    A crash or an exception leaves the old file (or none) and never a half-written one.
+    A crash or an exception leaves the old file (or none) and never a half-written one. The file gets
+    the mode any new file would get (0o666 minus the umask), not mkstemp's private 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -58,6 +82,44 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     with atomic_open(path) as f:
         torch.save(obj, f)
     return Path(path)
+
+
+def save_checkpoint_file(obj: Any, path: PathLike) -> Path:
+    """atomic_save for a run's checkpoint; an OS error (no space, permission) becomes a CheckpointWriteError
+    saying that this checkpoint was not written, which earlier one is intact, and how much space is free."""
+    path = Path(path)
+    try:
+        return atomic_save(obj, path)
+    except OSError as e:
+        previous = [p for p in list_checkpoints(path.parent) if p != path]
+        kept = f"the previous checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2 ** 30:.2f} GiB free on {path.parent}"
+        except OSError:
+            free = f"free space on {path.parent} unknown"
+        raise CheckpointWriteError(f"checkpoint {path} was not written: {e.strerror or e} ({free}); {kept}. "
+                                   "Free some space (or fix the folder's permissions) and resume with --resume."
+                                   ) from e
+
+
+def leftover_temp_files(folder: PathLike) -> List[Path]:
+    """Temporary files of atomic_open writes that were killed (SIGKILL, power loss) in a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _TEMP_NAME.fullmatch(p.name) and p.is_file())
+
+
+def remove_leftover_temp_files(folder: PathLike) -> Tuple[int, int]:
+    """Delete the temporary files of killed writes in folder; return (count, bytes). Call it only while no
+    other process writes there (the trainer does, holding the run-folder lock)."""
+    count = size = 0
+    for p in leftover_temp_files(folder):
+        with contextlib.suppress(OSError):
+            n = p.stat().st_size
+            p.unlink()
+            count, size = count + 1, size + n
+    return count, size
 
 
 def config_to_dict(cfg: TrainConfig) -> Dict[str, Any]:
@@ -162,6 +224,42 @@ def check_compatible(ckpt: Dict[str, Any], current: TrainConfig, path: PathLike 
     if diffs:
         raise CheckpointError(f"{path} was trained with an incompatible config:\n  " + "\n  ".join(diffs)
                               + "\nStart a new run folder, or resume with the checkpoint's own settings.")
+
+
+# What must agree between a checkpoint's data and this run's for a resume to continue the same training.
+# "source" (the folder) may differ: a Kaggle dataset is mounted at another path in a later session.
+DATA_IDENTITY_KEYS = ("kind", "split", "count", "crop", "image_size", "channels", "fingerprint")
+
+
+def data_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """What differs between two data identities (see data.TrainingData.identity), one line per field."""
+    return [f"{k}: checkpoint has {saved.get(k)!r}, this run has {current.get(k)!r}"
+            for k in DATA_IDENTITY_KEYS if saved.get(k) != current.get(k)]
+
+
+def check_same_data(ckpt: Dict[str, Any], identity: Dict[str, Any], path: PathLike = "checkpoint",
+                    allow_change: bool = False, log: Callable[[str], None] = print) -> None:
+    """Refuse (DataChangedError) to resume a checkpoint trained on other data, unless allow_change.
+
+    Checkpoints written before data identities were recorded pass, with a one-line warning.
+    """
+    saved = ckpt.get("data_identity")
+    if saved is None:
+        log(f"[train] warning: {path} records no data identity (written by an older version): "
+            f"cannot check that this run trains on the same data ({ckpt.get('data', 'unknown')!s:.80})")
+        return
+    diffs = data_differences(saved, identity)
+    if not diffs:
+        if saved.get("source") != identity.get("source"):
+            log(f"[train] the data moved: {saved.get('source')} → {identity.get('source')} (same files)")
+        return
+    if allow_change:
+        log("[train] warning: resuming on other data (allow_data_change):\n  " + "\n  ".join(diffs))
+        return
+    raise DataChangedError(
+        f"{path} was trained on other data than this run would use:\n  " + "\n  ".join(diffs)
+        + f"\n  (checkpoint data: {saved.get('source')}; this run: {identity.get('source')})"
+        + "\nPoint --data at the run's data, or pass --allow-data-change to continue on this data anyway.")
 
 
 def load_model(path: PathLike, ema: bool = True, device="cpu") -> Tuple[torch.nn.Module, "NoiseSchedule", TrainConfig]:

@@ -1,58 +1,44 @@
-"""Finding CelebA, preprocessing it, caching it as a uint8 array, and batching it.
+"""The per-step data pipeline: crops, decoding one image, the one-call entry point, and batches.
 
-Data flows one way: JPEG files → ``find_celeba`` / ``list_images`` → ``load_image`` (crop + antialiased
-resize, uint8) → ``build_cache`` (one memory-mapped ``.npy`` of shape (N, H, W, C), decoded once) →
-``BatchIterator`` (deterministic, resumable uint8 batches (B, C, H, W), random horizontal flips) →
-``to_model_range`` (float32 in [-1, 1] on the training device).
+Data flows one way: JPEG files → ``celeba.find_celeba`` / ``celeba.list_images`` → ``load_image`` (crop +
+antialiased resize, uint8) → ``cache.build_cache`` (one memory-mapped ``.npy`` of shape (N, H, W, C),
+decoded once) → ``BatchIterator`` (deterministic, resumable uint8 batches (B, C, H, W), random horizontal
+flips) → ``to_model_range`` (float32 in [-1, 1] on the training device).
 
-``prepare_images(cfg)`` is the one-call entry point. When CelebA is absent it falls back to
-``offline_faces()``: 100 real LFW faces shipped inside scikit-image, so the project trains with no download.
+``prepare_images(cfg)`` is the one-call entry point (``prepare_training_data`` adds the data's identity,
+recorded in checkpoints). When CelebA is absent it falls back to ``offline_faces()``: 100 real LFW faces
+shipped inside scikit-image, so the project trains with no download.
 
 Crops are defined in the coordinates of a full-size aligned CelebA image (178 wide × 218 high) and
 scaled in proportion for other sizes, e.g. the 89×109 half-size copy. ``ddim_128`` follows
 ermongroup/ddim (rows 57–184, cols 25–152); ``center_140`` follows NCSN / score-SDE.
-torchvision's ``CelebA(download=True)`` is never called: its Google Drive download fails often.
+The names of celeba.py and cache.py used across the package are re-exported here.
 """
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import hashlib
-import json
 import logging
 import math
-import multiprocessing
-import os
-import re
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
-
-try:
-    import fcntl  # POSIX file locks, so concurrent builders (DDP ranks) of one cache take turns
-except ImportError:  # Windows: no lock; let one process build first
-    fcntl = None
+from typing import Any, Dict, Iterator, Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ._types import PathLike
+from .cache import (CacheError, build_cache, cache_name, default_cache_dir, files_fingerprint,  # noqa: F401
+                    load_cache)
+from .celeba import (IMAGE_EXTENSIONS, SPLITS, CelebALocation, DataNotFoundError, _check_split,  # noqa: F401
+                     _explicit_root, _not_found, find_celeba, list_images, read_partition)
 from .config import DataConfig
 from .errors import DDPMError
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-SPLITS = {"train": 0, "valid": 1, "test": 2, "all": None}
-PARTITION_NAMES = ("list_eval_partition.csv", "list_eval_partition.txt")
-FIRST_IMAGE = "000001.jpg"
-KAGGLE_DATASET = "jessicali9530/celeba-dataset"
-CACHE_FORMAT_VERSION = 1
 MIN_IMAGE_SIZE = 8
+EPOCH_SEED_FACTOR = 1_000_003   # epoch e of a run with seed s shuffles with seed s·1_000_003 + e
 
 # Reference frame of an aligned CelebA image, and the crop boxes in it: (left, top, width, height).
 FULL_WIDTH, FULL_HEIGHT = 178, 218
@@ -62,216 +48,11 @@ CROPS = {
     "center_178": (0, 20, 178, 178),    # rows 20–197, the full width
 }
 
-HOW_TO_GET_CELEBA = (
-    "How to get CelebA (aligned and cropped, 178×218 JPEGs):\n"
-    f"  • In a Kaggle notebook: 'Add Input' → search '{KAGGLE_DATASET}' → Add; it is then found under "
-    "/kaggle/input automatically.\n"
-    f"  • Elsewhere: pip install kaggle, put your API token in ~/.kaggle/kaggle.json, then\n"
-    f"      kaggle datasets download -d {KAGGLE_DATASET} -p data/ --unzip\n"
-    "    (about 1.4 GB; ./data is searched by default).\n"
-    "  • Or point to a copy you already have: set the environment variable CELEBA_DIR=/path/to/celeba or "
-    "DataConfig(root=...). Accepted layouts: Kaggle (img_align_celeba/img_align_celeba/ + "
-    "list_eval_partition.csv), torchvision (celeba/img_align_celeba/ + list_eval_partition.txt), "
-    "or any folder of JPEG/PNG images."
-)
-
-
-class DataNotFoundError(DDPMError, FileNotFoundError):
-    """CelebA (or another image folder) was not where we looked; the message lists the places and the fix."""
-
-
-class CacheError(DDPMError, ValueError):
-    """A cache file is missing its metadata, truncated, corrupt, built with other settings, or undecodable."""
-
-
-@dataclass(frozen=True)
-class CelebALocation:
-    """Where the images are: the folder holding the JPEGs and, if any, the train/valid/test partition file."""
-
-    image_dir: Path
-    partition_file: Optional[Path]
-    layout: str  # "kaggle" | "torchvision" | "folder"
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding CelebA
-# ---------------------------------------------------------------------------------------------
-def _has_images(folder: Path) -> bool:
-    """Whether a folder directly holds at least one JPEG/PNG file (stops at the first one)."""
-    try:
-        with os.scandir(folder) as entries:
-            return any(e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file() for e in entries)
-    except OSError:
-        return False
-
-
-def _find_partition_file(image_dir: Path, root: Path) -> Optional[Path]:
-    """The list_eval_partition .csv/.txt next to the images: in root, root/celeba, or above img_align_celeba/."""
-    places = [root, root / "celeba"]
-    if image_dir.name == "img_align_celeba":
-        places += [image_dir.parent, image_dir.parent.parent]
-    for folder in dict.fromkeys(places):  # ordered, unique
-        for name in PARTITION_NAMES:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
-def _layout_name(image_dir: Path, partition_file: Optional[Path]) -> str:
-    """Name the layout: 'kaggle' (CSV, nested folder), 'torchvision' (.txt, celeba/ folder) or 'folder'."""
-    if partition_file is not None:
-        return "kaggle" if partition_file.suffix == ".csv" else "torchvision"
-    if image_dir.name == "img_align_celeba" and image_dir.parent.name == "img_align_celeba":
-        return "kaggle"
-    if image_dir.name == "img_align_celeba" and image_dir.parent.name == "celeba":
-        return "torchvision"
-    return "folder"
-
-
-def _locate_in(root: Path) -> tuple[Optional[CelebALocation], str]:
-    """Look for CelebA inside one folder; return (location, "") or (None, why it is not there)."""
-    if not root.exists():
-        return None, "does not exist"
-    if not root.is_dir():
-        return None, "is not a folder"
-    candidates = [root / "img_align_celeba" / "img_align_celeba",  # Kaggle
-                  root / "celeba" / "img_align_celeba",            # torchvision
-                  root / "img_align_celeba",                       # torchvision base folder, or unnested
-                  root]                                            # any folder of images
-    for image_dir in candidates:
-        if image_dir.is_dir() and _has_images(image_dir):
-            partition = _find_partition_file(image_dir, root)
-            return CelebALocation(image_dir, partition, _layout_name(image_dir, partition)), ""
-    zips = sorted(p.name for p in root.glob("*.zip"))
-    hint = f" (found {', '.join(zips)}: unzip it first)" if zips else ""
-    return None, ("exists but holds no JPEG/PNG images, nor an img_align_celeba/ or celeba/ folder with some"
-                  + hint)
-
-
-def _search_tree(top: Path, max_depth: int = 7) -> list[Path]:
-    """Folders under top holding a partition file, then those holding 000001.jpg (shallowest first); a bounded rglob."""
-    found: list[tuple[int, int, str]] = []
-    top_depth = len(top.parts)
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        depth = len(Path(dirpath).parts) - top_depth
-        dirnames[:] = sorted(dirnames) if depth < max_depth else []
-        names = set(filenames)
-        if any(n in names for n in PARTITION_NAMES):
-            found.append((0, depth, dirpath))  # a partition file beats a bare image folder
-        if FIRST_IMAGE in names:
-            found.append((1, depth, dirpath))
-    return [Path(d) for _, _, d in sorted(found)]
-
-
-def _search_kaggle_input(kaggle_input: Path) -> tuple[Optional[CelebALocation], str]:
-    """Search a Kaggle input tree (both /kaggle/input/<slug>/ and /kaggle/input/datasets/<owner>/<slug>/)."""
-    if not kaggle_input.is_dir():
-        return None, "does not exist (not on Kaggle, or no dataset attached)"
-    for folder in _search_tree(kaggle_input):
-        location, _ = _locate_in(folder)  # an image folder itself finds its partition file two levels up
-        if location is not None:
-            return location, ""
-    return None, f"searched recursively for {' / '.join(PARTITION_NAMES)} or a folder holding {FIRST_IMAGE}: none"
-
-
-def _not_found(looked: list[str], headline: str = "CelebA images were not found.") -> DataNotFoundError:
-    """Build the error that lists every place searched and how to get the data."""
-    places = "\n".join(f"  - {entry}" for entry in looked)
-    return DataNotFoundError(f"{headline}\nPlaces searched, in order:\n{places}\n{HOW_TO_GET_CELEBA}")
-
-
-def _explicit_root(root: Optional[PathLike]) -> tuple[Optional[Path], str]:
-    """The path the user asked for, from the argument or else $CELEBA_DIR, with a label saying which."""
-    if root is not None and str(root) != "":
-        return Path(root).expanduser(), "argument root"
-    env = os.environ.get("CELEBA_DIR", "")
-    if env:
-        return Path(env).expanduser(), "$CELEBA_DIR"
-    return None, ""
-
-
-def find_celeba(root: Optional[PathLike] = None, kaggle_input: PathLike = "/kaggle/input") -> CelebALocation:
-    """Find CelebA: the explicit root (or $CELEBA_DIR), else a search of kaggle_input, else ./data/celeba, ./data.
-
-    An explicit path is final: if it holds no images, the search stops there with a DataNotFoundError.
-    Accepts the Kaggle, torchvision and plain-folder layouts. Never downloads anything.
-    """
-    explicit, label = _explicit_root(root)
-    if explicit is not None:
-        location, why = _locate_in(explicit)
-        if location is None:
-            raise _not_found([f"{explicit} ({label}): {why}"])
-        return location
-    looked = ["argument root: not given", "$CELEBA_DIR: not set"]
-    location, why = _search_kaggle_input(Path(kaggle_input))
-    if location is not None:
-        return location
-    looked.append(f"{kaggle_input} (Kaggle inputs): {why}")
-    for relative in ("data/celeba", "data"):
-        folder = Path.cwd() / relative
-        location, why = _locate_in(folder)
-        if location is not None:
-            return location
-        looked.append(f"./{relative} = {folder}: {why}")
-    raise _not_found(looked)
-
-
-# ---------------------------------------------------------------------------------------------
-# Splits
-# ---------------------------------------------------------------------------------------------
-def _check_split(split: str) -> Optional[int]:
-    """Partition code of a split name: train → 0, valid → 1, test → 2, all → None."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose from {list(SPLITS)}")
-    return SPLITS[split]
-
-
-def read_partition(partition_file: PathLike) -> dict[str, int]:
-    """Read list_eval_partition (.csv 'image_id,partition' or .txt '000001.jpg 0') into {image_id: 0|1|2}."""
-    partition: dict[str, int] = {}
-    with open(partition_file, encoding="utf-8-sig") as f:
-        for line in f:
-            parts = re.split(r"[,\s]+", line.strip())
-            if len(parts) >= 2 and parts[1].lstrip("-").isdigit():  # skips the header and blank lines
-                partition[parts[0]] = int(parts[1])
-    return partition
-
-
-def _image_names(folder: Path) -> list[str]:
-    """Sorted names of the JPEG/PNG files directly inside a folder."""
-    with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
-
-
-def list_images(location: CelebALocation, split: str = "train") -> list[Path]:
-    """List the images of a split, sorted by file name.
-
-    Uses the partition file when there is one; without it, every image is used (a warning is logged
-    if a split other than 'all' was asked for). Ids in the partition file with no image file are skipped
-    with a warning.
-    """
-    code = _check_split(split)
-    names = _image_names(location.image_dir)
-    if code is None:
-        return [location.image_dir / n for n in names]
-    if location.partition_file is None:
-        logger.warning("no list_eval_partition file next to %s: using all %d images for split %r",
-                       location.image_dir, len(names), split)
-        return [location.image_dir / n for n in names]
-    partition = read_partition(location.partition_file)
-    wanted = sorted(name for name, c in partition.items() if c == code)
-    present = set(names)
-    missing = [n for n in wanted if n not in present]
-    if missing:
-        logger.warning("%d of the %d %s images listed in %s are missing from %s (e.g. %s)", len(missing),
-                       len(wanted), split, location.partition_file, location.image_dir, missing[0])
-    return [location.image_dir / n for n in wanted if n in present]
-
 
 # ---------------------------------------------------------------------------------------------
 # Preprocessing
 # ---------------------------------------------------------------------------------------------
-def _check_settings(crop: str, image_size: int, channels: int) -> None:
+def check_settings(crop: str, image_size: int, channels: int) -> None:
     """Raise ValueError for an unknown crop, an image size below 8 or a channel count other than 1 or 3."""
     if crop not in CROPS:
         raise ValueError(f"unknown crop {crop!r}; choose from {sorted(CROPS)}")
@@ -315,268 +96,30 @@ def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.round(a.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
+class ImageTooSmallError(DDPMError, ValueError):
+    """An image whose crop is smaller than the requested size: it would be upscaled into the training data."""
+
+
 def load_image(path: PathLike, crop: str = "ddim_128", image_size: int = 64, channels: int = 3) -> np.ndarray:
     """Decode one image, crop it by name, resize it (antialiased bilinear) and return uint8.
 
     Returns (image_size, image_size, channels) uint8. Raises (OSError, SyntaxError, ValueError, ...)
-    on a corrupt or truncated file; the cache builder catches and counts those.
+    on a corrupt or truncated file, and ImageTooSmallError when the crop box is smaller than image_size
+    (a 1-pixel image would otherwise be upscaled into a flat square); the cache builder skips and lists those.
     """
-    _check_settings(crop, image_size, channels)
+    check_settings(crop, image_size, channels)
     with Image.open(path) as img:
         img.load()  # decode fully now: a truncated file raises here, not later
-        img = img.crop(crop_box(crop, *img.size))
+        left, top, right, bottom = box = crop_box(crop, *img.size)
+        if min(right - left, bottom - top) < image_size:
+            raise ImageTooSmallError(f"{img.size[0]}×{img.size[1]} image: its {crop} crop is {right - left}×"
+                                     f"{bottom - top} pixels, smaller than {image_size}; it would be upscaled")
+        img = img.crop(box)
     img = _to_mode(img, channels)
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
     array = np.array(img, dtype=np.uint8)  # a writable copy
     return array[:, :, None] if array.ndim == 2 else array
-
-
-# ---------------------------------------------------------------------------------------------
-# The cache: one uint8 .npy (N, H, W, C), memory-mapped, with a JSON record written last
-# ---------------------------------------------------------------------------------------------
-def _cache_files(cache_path: Path) -> dict[str, Path]:
-    """The files of a cache: the array, its metadata, their temporary twins, and the compaction scratch file."""
-    stem = cache_path.name[: -len(".npy")]
-    return {"npy": cache_path, "json": cache_path.with_name(stem + ".json"),
-            "tmp_npy": cache_path.with_name(stem + ".tmp.npy"), "tmp_json": cache_path.with_name(stem + ".tmp.json"),
-            "tmp2_npy": cache_path.with_name(stem + ".tmp2.npy"), "lock": cache_path.with_name(stem + ".lock")}
-
-
-def _normalise_cache_path(cache_path: PathLike) -> Path:
-    """The cache path with a '.npy' suffix."""
-    path = Path(cache_path).expanduser()
-    return path if path.name.endswith(".npy") else path.with_name(path.name + ".npy")
-
-
-def files_fingerprint(paths: Sequence[PathLike]) -> str:
-    """SHA-1 of the ordered absolute paths: tells whether a cache was built from this exact list."""
-    digest = hashlib.sha1()
-    for p in paths:
-        digest.update(os.path.abspath(os.fspath(p)).encode("utf-8", "surrogateescape") + b"\n")
-    return digest.hexdigest()
-
-
-def _decode_chunk(job: tuple[list[str], str, int, int]) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Decode a chunk of paths (runs in a worker); return the good images (k, H, W, C) and the failures."""
-    paths, crop, image_size, channels = job
-    good, failed = [], []
-    for p in paths:
-        try:
-            good.append(load_image(p, crop, image_size, channels))
-        except Exception as exc:  # corrupt / truncated / unreadable: counted, never fatal
-            failed.append((p, f"{type(exc).__name__}: {exc}"))
-    shape = (len(good), image_size, image_size, channels)
-    return (np.stack(good) if good else np.empty(shape, np.uint8)), failed
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file (and best effort, its folder) to disk."""
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # not supported on this platform / file system
-
-
-def _remove(*paths: Path) -> None:
-    """Delete files that may not exist."""
-    for p in paths:
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-
-
-def _decode_all(paths: list[str], out: np.ndarray, crop: str, image_size: int, channels: int,
-                workers: int, progress: bool, desc: str) -> tuple[int, list[tuple[str, str]]]:
-    """Decode paths into out (N, H, W, C) in order, packing good images at the front; return (count, failures)."""
-    from tqdm.auto import tqdm
-
-    chunk = max(1, min(256, math.ceil(len(paths) / (workers * 4))))
-    jobs = [(paths[i:i + chunk], crop, image_size, channels) for i in range(0, len(paths), chunk)]
-    written, failures = 0, []
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
-        if workers <= 1 or len(jobs) == 1:
-            results = map(_decode_chunk, jobs)
-            executor = None
-        else:
-            context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-            executor = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
-            results = executor.map(_decode_chunk, jobs)
-        try:
-            for images, failed in results:
-                out[written:written + len(images)] = images
-                written += len(images)
-                failures += failed
-                bar.update(len(images) + len(failed))
-        finally:
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
-    return written, failures
-
-
-def _compact(tmp_npy: Path, packed_path: Path, count: int) -> None:
-    """Shrink a .npy to its first count rows (when some images were skipped), by copying through packed_path."""
-    full = np.load(tmp_npy, mmap_mode="r")
-    packed = np.lib.format.open_memmap(packed_path, mode="w+", dtype=np.uint8, shape=(count,) + full.shape[1:])
-    for i in range(0, count, 4096):
-        packed[i:i + 4096] = full[i:min(count, i + 4096)]
-    packed.flush()
-    del packed, full
-    os.replace(packed_path, tmp_npy)
-
-
-def _write_json(path: Path, record: dict) -> None:
-    """Write a JSON file and flush it to disk."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
-    _fsync(path)
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on lock_path (blocking) while the body runs; a no-op where fcntl is missing."""
-    if fcntl is None:
-        yield
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _reusable(files: dict[str, Path], wanted: dict) -> tuple[bool, str]:
-    """Whether an existing cache is valid and was built with the wanted settings; else why not."""
-    if not files["npy"].exists() and not files["json"].exists():
-        return False, ""
-    try:
-        load_cache(files["npy"], expect=wanted)
-        return True, ""
-    except CacheError as exc:
-        return False, str(exc)
-
-
-def build_cache(paths: Sequence[PathLike], cache_path: PathLike, crop: str, image_size: int, channels: int = 3,
-                source: str = "", split: str = "", workers: Optional[int] = None, progress: bool = True,
-                *, rebuild: bool = True) -> Path:
-    """Decode, crop and resize every image once into a memory-mapped uint8 .npy (N, H, W, C); return its path.
-
-    Reuses a valid cache built with the same settings and files. A truncated or corrupt cache, or one
-    built with other settings, is rebuilt with a warning (rebuild=True) or refused with CacheError.
-    Undecodable images are skipped, logged and listed in the metadata; if none decodes, CacheError.
-    Crash-safe: the array is written to name.tmp.npy and renamed, and the JSON metadata, written last,
-    is the commit marker. Concurrent builders of one cache (e.g. DDP ranks) take turns on a lock file
-    (name.lock, POSIX only): the first builds, the others wait and then reuse its result.
-    """
-    _check_settings(crop, image_size, channels)
-    paths = [os.fspath(p) for p in paths]
-    if not paths:
-        raise DataNotFoundError(f"no images to cache into {cache_path}")
-    files = _cache_files(_normalise_cache_path(cache_path))
-    wanted = {"crop": crop, "image_size": int(image_size), "channels": int(channels),
-              "files_sha1": files_fingerprint(paths)}
-    if _reusable(files, wanted)[0]:  # the common case, without touching the lock
-        logger.info("reusing cache %s", files["npy"])
-        return files["npy"]
-    files["npy"].parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(files["lock"]):
-        ok, why = _reusable(files, wanted)  # again: another process may have built it while we waited
-        if ok:
-            logger.info("reusing cache %s", files["npy"])
-            return files["npy"]
-        if why:
-            if not rebuild:
-                raise CacheError(f"{why}\nRebuild it with build_cache(..., rebuild=True) or delete {files['npy']}.")
-            logger.warning("rebuilding cache: %s", why)
-        failures = _write_cache(paths, files, wanted, source, split, workers, progress)
-    if failures:
-        logger.warning("skipped %d of %d images that could not be decoded (listed in %s), e.g. %s: %s",
-                       len(failures), len(paths), files["json"], *failures[0])
-    return files["npy"]
-
-
-def _write_cache(paths: list[str], files: dict[str, Path], wanted: dict, source: str, split: str,
-                 workers: Optional[int], progress: bool) -> list[tuple[str, str]]:
-    """Decode everything into name.tmp.npy, rename it into place, then commit the metadata; return the failures."""
-    crop, image_size, channels = wanted["crop"], wanted["image_size"], wanted["channels"]
-    _remove(files["tmp_npy"], files["tmp_json"], files["tmp2_npy"])  # leftovers of a killed build are never trusted
-    start = time.perf_counter()
-    shape = (len(paths), image_size, image_size, channels)
-    out = np.lib.format.open_memmap(files["tmp_npy"], mode="w+", dtype=np.uint8, shape=shape)
-    try:
-        count, failures = _decode_all(paths, out, crop, image_size, channels, workers or os.cpu_count() or 1,
-                                      progress, desc=f"caching {files['npy'].name}")
-        out.flush()
-        del out
-        if count == 0:
-            examples = "\n".join(f"  {p}: {e}" for p, e in failures[:5])
-            raise CacheError(f"none of the {len(paths)} images could be decoded, e.g.\n{examples}")
-        if count < len(paths):
-            _compact(files["tmp_npy"], files["tmp2_npy"], count)
-        _fsync(files["tmp_npy"])
-        _remove(files["json"])                       # un-commit any old cache before its array is replaced
-        os.replace(files["tmp_npy"], files["npy"])
-        record = {"format_version": CACHE_FORMAT_VERSION, "source": str(source), "split": str(split), **wanted,
-                  "count": count, "requested": len(paths), "shape": [count, *shape[1:]], "dtype": "uint8",
-                  "npy_bytes": files["npy"].stat().st_size,
-                  "skipped": [{"path": p, "error": e} for p, e in failures],
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "build_seconds": round(time.perf_counter() - start, 2)}
-        _write_json(files["tmp_json"], record)
-        os.replace(files["tmp_json"], files["json"])  # the commit
-    finally:
-        _remove(files["tmp_npy"], files["tmp_json"], files["tmp2_npy"])
-    return failures
-
-
-def load_cache(cache_path: PathLike, expect: Optional[dict] = None) -> tuple[np.ndarray, dict]:
-    """Open a committed cache read-only as a memmap uint8 (N, H, W, C) and return it with its metadata.
-
-    Raises CacheError if the metadata is missing (e.g. a killed build), the file is truncated or its
-    shape disagrees with the metadata, or a key of expect differs from the metadata.
-    """
-    files = _cache_files(_normalise_cache_path(cache_path))
-    if not files["json"].is_file():
-        extra = " (a temporary file from an interrupted build is present)" if files["tmp_npy"].exists() else ""
-        raise CacheError(f"cache {files['npy']} has no metadata file {files['json'].name}: not committed{extra}")
-    try:
-        meta = json.loads(files["json"].read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CacheError(f"cache metadata {files['json']} is unreadable: {exc}") from exc
-    problems = _cache_problems(files["npy"], meta)
-    if not problems and expect:
-        problems = [f"{k} is {meta.get(k)!r}, expected {v!r}" for k, v in expect.items() if meta.get(k) != v]
-        problems = [f"cache {files['npy']} was built with other settings: " + "; ".join(problems)] if problems else []
-    if problems:
-        raise CacheError(problems[0])
-    return np.load(files["npy"], mmap_mode="r"), meta
-
-
-def _cache_problems(npy: Path, meta: dict) -> list[str]:
-    """Reasons (possibly none) why an array file does not match its metadata record."""
-    if meta.get("format_version") != CACHE_FORMAT_VERSION:
-        return [f"cache {npy} has format version {meta.get('format_version')!r}, expected {CACHE_FORMAT_VERSION}"]
-    if not npy.is_file():
-        return [f"cache {npy} is missing (its metadata exists)"]
-    size = npy.stat().st_size
-    if size != meta.get("npy_bytes"):
-        return [f"cache {npy} is truncated or corrupt: {size:,} bytes, metadata says {meta.get('npy_bytes'):,}"]
-    try:
-        array = np.load(npy, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        return [f"cache {npy} is corrupt: {exc}"]
-    expected = (meta.get("count"), meta.get("image_size"), meta.get("image_size"), meta.get("channels"))
-    if array.shape != expected or array.dtype != np.uint8:
-        return [f"cache {npy} holds {array.dtype} {array.shape}, metadata says uint8 {expected}"]
-    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,7 +130,7 @@ def offline_faces(image_size: int = 32, channels: int = 1) -> np.ndarray:
 
     Returns uint8 (100, image_size, image_size, channels); channels=3 replicates the gray channel.
     """
-    _check_settings("ddim_128", image_size, channels)
+    check_settings("ddim_128", image_size, channels)
     try:
         from skimage.data import lfw_subset
     except ImportError as exc:
@@ -600,16 +143,33 @@ def offline_faces(image_size: int = 32, channels: int = 1) -> np.ndarray:
     return np.repeat(resized[..., None], channels, axis=-1)
 
 
-def default_cache_dir() -> Path:
-    """Where caches go when DataConfig.cache_dir is None: /kaggle/working/cache on Kaggle, else ./cache."""
-    on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or Path("/kaggle/working").is_dir()
-    return Path("/kaggle/working/cache") if on_kaggle else Path.cwd() / "cache"
+@dataclass(frozen=True)
+class TrainingData:
+    """Images to train on, a one-line description, and their identity (recorded in every checkpoint).
+
+    identity: kind ("celeba" / "offline" / "given"), source, split, count, crop, image_size, channels and
+    fingerprint (for CelebA the names and sizes of the source files; for an array, its bytes).
+    """
+
+    images: np.ndarray           # uint8 (N, H, W, C)
+    description: str
+    identity: Dict[str, Any]
 
 
-def cache_name(split: str, crop: str, image_size: int, channels: int, count: Optional[int] = None) -> str:
-    """The cache file name, which spells out the settings so caches of different settings coexist."""
-    suffix = f"_n{count}" if count is not None else ""
-    return f"celeba_{split}_{crop}_{image_size}px_c{channels}{suffix}.npy"
+def array_fingerprint(images: np.ndarray, max_bytes: int = 64 * 2 ** 20) -> str:
+    """SHA-1 of an image array's shape and bytes; of every k-th image when it is bigger than max_bytes."""
+    step = max(1, -(-images.nbytes // max_bytes))
+    digest = hashlib.sha1(f"{images.dtype}{images.shape}{step}".encode())
+    for i in range(0, len(images), step):
+        digest.update(np.ascontiguousarray(images[i]).tobytes())
+    return digest.hexdigest()
+
+
+def _array_identity(images: np.ndarray, kind: str, source: str) -> Dict[str, Any]:
+    """The identity of images held in memory (the offline faces, or an array given to train())."""
+    return {"kind": kind, "source": source, "split": None, "count": int(len(images)), "crop": None,
+            "image_size": int(images.shape[1]), "channels": int(images.shape[-1]),
+            "fingerprint": array_fingerprint(images)}
 
 
 def prepare_images(cfg: DataConfig, kaggle_input: PathLike = "/kaggle/input",
@@ -620,7 +180,19 @@ def prepare_images(cfg: DataConfig, kaggle_input: PathLike = "/kaggle/input",
     (100 images) instead. An explicit cfg.root or $CELEBA_DIR that holds no images always raises
     DataNotFoundError, so a typo never silently trains on the offline set.
     """
-    _check_settings(cfg.crop, cfg.image_size, cfg.channels)
+    data = prepare_training_data(cfg, kaggle_input=kaggle_input, progress=progress)
+    return data.images, data.description
+
+
+def prepare_training_data(cfg: DataConfig, images: Optional[np.ndarray] = None,
+                          kaggle_input: PathLike = "/kaggle/input", progress: bool = True,
+                          verify: str = "auto") -> TrainingData:
+    """prepare_images with the data's identity; images: use this uint8 (N, H, W, C) array instead of cfg.
+    verify: "full" re-hashes every chunk of a reused cache (see cache.FULL_VERIFY_BYTES)."""
+    if images is not None:
+        return TrainingData(images, f"{len(images)} images given directly",
+                            _array_identity(images, "given", "images given directly"))
+    check_settings(cfg.crop, cfg.image_size, cfg.channels)
     _check_split(cfg.split)
     if cfg.max_images is not None and cfg.max_images < 1:
         raise ValueError(f"max_images must be >= 1 or None, got {cfg.max_images}")
@@ -632,9 +204,10 @@ def prepare_images(cfg: DataConfig, kaggle_input: PathLike = "/kaggle/input",
             raise
         logger.warning("CelebA not found; training on the 100 offline LFW faces instead.\n%s", exc)
         faces = offline_faces(cfg.image_size, cfg.channels)
-        return faces, (f"offline LFW faces (skimage.data.lfw_subset, 25×25 grayscale → {cfg.image_size} px, "
-                       f"{cfg.channels} channel{'s' if cfg.channels > 1 else ''}), {len(faces)} images: a tiny "
-                       "stand-in because CelebA was not found")
+        return TrainingData(faces, f"offline LFW faces (skimage.data.lfw_subset, 25×25 grayscale → {cfg.image_size} "
+                            f"px, {cfg.channels} channel{'s' if cfg.channels > 1 else ''}), {len(faces)} images: a "
+                            "tiny stand-in because CelebA was not found",
+                            _array_identity(faces, "offline", "offline LFW faces (skimage.data.lfw_subset)"))
     paths = list_images(location, cfg.split)
     if cfg.max_images is not None:
         paths = paths[:cfg.max_images]
@@ -645,11 +218,14 @@ def prepare_images(cfg: DataConfig, kaggle_input: PathLike = "/kaggle/input",
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     cache_path = build_cache(paths, cache_dir / cache_name(cfg.split, cfg.crop, cfg.image_size, cfg.channels, count),
                              cfg.crop, cfg.image_size, cfg.channels, source=str(location.image_dir),
-                             split=cfg.split, progress=progress)
+                             split=cfg.split, progress=progress, verify=verify)
     images, meta = load_cache(cache_path)
-    skipped = f" ({len(meta['skipped'])} unreadable files skipped)" if meta["skipped"] else ""
-    return images, (f"CelebA {cfg.split} ({cfg.crop} → {cfg.image_size} px), {len(images):,} images "
-                    f"from {location.image_dir}{skipped}")
+    skipped = f" ({len(meta['skipped'])} unusable files skipped)" if meta["skipped"] else ""
+    identity = {"kind": "celeba", "source": str(location.image_dir), "split": cfg.split, "count": int(len(images)),
+                "crop": cfg.crop, "image_size": cfg.image_size, "channels": cfg.channels,
+                "fingerprint": meta["names_sizes_sha1"]}
+    return TrainingData(images, f"CelebA {cfg.split} ({cfg.crop} → {cfg.image_size} px), {len(images):,} images "
+                        f"from {location.image_dir}{skipped}", identity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -658,7 +234,7 @@ def prepare_images(cfg: DataConfig, kaggle_input: PathLike = "/kaggle/input",
 class BatchIterator:
     """Deterministic, resumable batches from a uint8 array, no JPEG decoding.
 
-    Epoch e uses the permutation torch.randperm(N, generator=torch.Generator().manual_seed(seed * 1_000_003 + e));
+    Epoch e uses the permutation torch.randperm(N, generator=torch.Generator().manual_seed(seed * EPOCH_SEED_FACTOR + e));
     with world_size > 1, rank r takes perm[r::world_size] (after truncating to a multiple of world_size);
     drop_last=True drops the incomplete final batch. Flip decisions are drawn from the same per-epoch
     generator (one bool per image, indexed by image, drawn once per epoch after the permutation) so
@@ -691,7 +267,7 @@ class BatchIterator:
     def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's image indices for an epoch (per_rank,) int64 and the flip decision of every image (N,) bool."""
         n = len(self.images)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(self.seed * EPOCH_SEED_FACTOR + epoch)
         perm = torch.randperm(n, generator=generator)
         flips = torch.rand(n, generator=generator) < 0.5 if self.hflip else torch.zeros(n, dtype=torch.bool)
         mine = perm[: self.per_rank * self.world_size][self.rank::self.world_size]
@@ -741,3 +317,4 @@ def to_model_range(batch_uint8: torch.Tensor, device: Optional[Union[str, torch.
 def from_model_range(x: torch.Tensor) -> torch.Tensor:
     """Map model-range images back to uint8: clamp to [-1, 1], then round((x + 1) · 127.5). Shape unchanged."""
     return ((x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round_().to(torch.uint8)
+

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_helpers import data
+from ddpm_helpers import cache, data
 from ddpm_helpers.config import DataConfig
 from ddpm_helpers.data import (BatchIterator, CacheError, CelebALocation, DataNotFoundError, build_cache, crop_box,
                                find_celeba, from_model_range, list_images, load_cache, load_image, offline_faces,
@@ -133,7 +133,7 @@ def test_plain_folder_uses_all_images_and_warns_for_a_split(isolated, caplog):
     (isolated / "faces" / "notes.txt").write_text("not an image")
     loc = find_celeba(isolated / "faces")
     assert loc.layout == "folder" and loc.partition_file is None
-    with caplog.at_level(logging.WARNING, logger="ddpm_helpers.data"):
+    with caplog.at_level(logging.WARNING, logger="ddpm_helpers"):
         assert list_images(loc, "train") == sorted(paths)
     assert "using all 3 images" in caplog.text
 
@@ -141,7 +141,7 @@ def test_plain_folder_uses_all_images_and_warns_for_a_split(isolated, caplog):
 def test_partition_ids_without_files_are_skipped(isolated, caplog):
     root = _kaggle_tree(isolated / "k")
     (root / "img_align_celeba" / "img_align_celeba" / "000002.jpg").unlink()
-    with caplog.at_level(logging.WARNING, logger="ddpm_helpers.data"):
+    with caplog.at_level(logging.WARNING, logger="ddpm_helpers"):
         assert _ids(list_images(find_celeba(root), "train")) == ["000001.jpg", "000003.jpg"]
     assert "1 of the 3 train images" in caplog.text
 
@@ -281,7 +281,7 @@ def test_truncated_cache_is_detected_then_refused_or_rebuilt(tmp_path, six_image
         load_cache(path)
     with pytest.raises(CacheError, match=r"c\.npy is truncated or corrupt: \d"):
         build_cache(six_images, path, "ddim_128", 16, progress=False, workers=1, rebuild=False)
-    with caplog.at_level(logging.WARNING, logger="ddpm_helpers.data"):
+    with caplog.at_level(logging.WARNING, logger="ddpm_helpers"):
         build_cache(six_images, path, "ddim_128", 16, progress=False, workers=1)
     assert "rebuilding cache" in caplog.text
     np.testing.assert_array_equal(load_cache(path)[0], good)
@@ -323,7 +323,7 @@ def test_build_killed_before_its_metadata_leaves_no_trusted_cache(tmp_path, six_
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "_write_json", killed)
+    monkeypatch.setattr(cache, "_write_json", killed)
     with pytest.raises(KeyboardInterrupt):
         build_cache(six_images, path, "center_140", 16, progress=False, workers=1)  # same shape, other pixels
     with pytest.raises(CacheError, match="no metadata"):
@@ -357,7 +357,7 @@ def test_corrupt_and_truncated_images_are_skipped_and_counted(tmp_path, six_imag
         with pytest.raises(OSError):
             load_image(bad)
     paths = [six_images[0], garbage, six_images[1], truncated, six_images[2]]
-    with caplog.at_level(logging.WARNING, logger="ddpm_helpers.data"):
+    with caplog.at_level(logging.WARNING, logger="ddpm_helpers"):
         path = build_cache(paths, tmp_path / "c.npy", "ddim_128", 16, progress=False, workers=1)
     images, meta = load_cache(path)
     assert images.shape == (3, 16, 16, 3) and meta["count"] == 3 and meta["requested"] == 5

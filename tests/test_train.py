@@ -92,7 +92,7 @@ def test_time_budget_stops_and_saves(tmp_path):
 
 
 def test_nan_loss_is_skipped_and_counted_then_stops(tmp_path, monkeypatch):
-    import ddpm_helpers.train as T
+    import ddpm_helpers.diffusion as T      # the Trainer's loss is diffusion.training_loss, which calls q_sample
     real = T.q_sample
     calls = {"n": 0}
 
@@ -232,7 +232,7 @@ def test_atomic_open_keeps_the_old_file_when_a_write_fails(tmp_path):
 
 def _ddp_nan_worker(rank, world, port, out, images):
     """Rank 1 alone sees a non-finite loss at its 3rd step: both ranks must skip that step together."""
-    import ddpm_helpers.train as T
+    import ddpm_helpers.diffusion as T
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)

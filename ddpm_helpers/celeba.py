@@ -1,0 +1,229 @@
+"""Finding CelebA on disk (Kaggle, torchvision or a plain folder layout) and listing the images of a split.
+
+``find_celeba`` looks at an explicit root (or $CELEBA_DIR), then searches /kaggle/input, then ./data/celeba
+and ./data; ``list_images`` applies the train/valid/test partition file. Nothing is ever downloaded:
+torchvision's ``CelebA(download=True)`` is never called (its Google Drive download fails often).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ._types import PathLike
+from .errors import DDPMError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+SPLITS = {"train": 0, "valid": 1, "test": 2, "all": None}
+PARTITION_NAMES = ("list_eval_partition.csv", "list_eval_partition.txt")
+FIRST_IMAGE = "000001.jpg"
+KAGGLE_DATASET = "jessicali9530/celeba-dataset"
+
+HOW_TO_GET_CELEBA = (
+    "How to get CelebA (aligned and cropped, 178×218 JPEGs):\n"
+    f"  • In a Kaggle notebook: 'Add Input' → search '{KAGGLE_DATASET}' → Add; it is then found under "
+    "/kaggle/input automatically.\n"
+    f"  • Elsewhere: pip install kaggle, put your API token in ~/.kaggle/kaggle.json, then\n"
+    f"      kaggle datasets download -d {KAGGLE_DATASET} -p data/ --unzip\n"
+    "    (about 1.4 GB; ./data is searched by default).\n"
+    "  • Or point to a copy you already have: set the environment variable CELEBA_DIR=/path/to/celeba or "
+    "DataConfig(root=...). Accepted layouts: Kaggle (img_align_celeba/img_align_celeba/ + "
+    "list_eval_partition.csv), torchvision (celeba/img_align_celeba/ + list_eval_partition.txt), "
+    "or any folder of JPEG/PNG images."
+)
+
+
+class DataNotFoundError(DDPMError, FileNotFoundError):
+    """CelebA (or another image folder) was not where we looked; the message lists the places and the fix."""
+
+
+
+@dataclass(frozen=True)
+class CelebALocation:
+    """Where the images are: the folder holding the JPEGs and, if any, the train/valid/test partition file."""
+
+    image_dir: Path
+    partition_file: Optional[Path]
+    layout: str  # "kaggle" | "torchvision" | "folder"
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding CelebA
+# ---------------------------------------------------------------------------------------------
+def _has_images(folder: Path) -> bool:
+    """Whether a folder directly holds at least one JPEG/PNG file (stops at the first one)."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file() for e in entries)
+    except OSError:
+        return False
+
+
+def _find_partition_file(image_dir: Path, root: Path) -> Optional[Path]:
+    """The list_eval_partition .csv/.txt next to the images: in root, root/celeba, or above img_align_celeba/."""
+    places = [root, root / "celeba"]
+    if image_dir.name == "img_align_celeba":
+        places += [image_dir.parent, image_dir.parent.parent]
+    for folder in dict.fromkeys(places):  # ordered, unique
+        for name in PARTITION_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _layout_name(image_dir: Path, partition_file: Optional[Path]) -> str:
+    """Name the layout: 'kaggle' (CSV, nested folder), 'torchvision' (.txt, celeba/ folder) or 'folder'."""
+    if partition_file is not None:
+        return "kaggle" if partition_file.suffix == ".csv" else "torchvision"
+    if image_dir.name == "img_align_celeba" and image_dir.parent.name == "img_align_celeba":
+        return "kaggle"
+    if image_dir.name == "img_align_celeba" and image_dir.parent.name == "celeba":
+        return "torchvision"
+    return "folder"
+
+
+def _locate_in(root: Path) -> tuple[Optional[CelebALocation], str]:
+    """Look for CelebA inside one folder; return (location, "") or (None, why it is not there)."""
+    if not root.exists():
+        return None, "does not exist"
+    if not root.is_dir():
+        return None, "is not a folder"
+    candidates = [root / "img_align_celeba" / "img_align_celeba",  # Kaggle
+                  root / "celeba" / "img_align_celeba",            # torchvision
+                  root / "img_align_celeba",                       # torchvision base folder, or unnested
+                  root]                                            # any folder of images
+    for image_dir in candidates:
+        if image_dir.is_dir() and _has_images(image_dir):
+            partition = _find_partition_file(image_dir, root)
+            return CelebALocation(image_dir, partition, _layout_name(image_dir, partition)), ""
+    zips = sorted(p.name for p in root.glob("*.zip"))
+    hint = f" (found {', '.join(zips)}: unzip it first)" if zips else ""
+    return None, ("exists but holds no JPEG/PNG images, nor an img_align_celeba/ or celeba/ folder with some"
+                  + hint)
+
+
+def _search_tree(top: Path, max_depth: int = 7) -> list[Path]:
+    """Folders under top holding a partition file, then those holding 000001.jpg (shallowest first); a bounded rglob."""
+    found: list[tuple[int, int, str]] = []
+    top_depth = len(top.parts)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        depth = len(Path(dirpath).parts) - top_depth
+        dirnames[:] = sorted(dirnames) if depth < max_depth else []
+        names = set(filenames)
+        if any(n in names for n in PARTITION_NAMES):
+            found.append((0, depth, dirpath))  # a partition file beats a bare image folder
+        if FIRST_IMAGE in names:
+            found.append((1, depth, dirpath))
+    return [Path(d) for _, _, d in sorted(found)]
+
+
+def _search_kaggle_input(kaggle_input: Path) -> tuple[Optional[CelebALocation], str]:
+    """Search a Kaggle input tree (both /kaggle/input/<slug>/ and /kaggle/input/datasets/<owner>/<slug>/)."""
+    if not kaggle_input.is_dir():
+        return None, "does not exist (not on Kaggle, or no dataset attached)"
+    for folder in _search_tree(kaggle_input):
+        location, _ = _locate_in(folder)  # an image folder itself finds its partition file two levels up
+        if location is not None:
+            return location, ""
+    return None, f"searched recursively for {' / '.join(PARTITION_NAMES)} or a folder holding {FIRST_IMAGE}: none"
+
+
+def _not_found(looked: list[str], headline: str = "CelebA images were not found.") -> DataNotFoundError:
+    """Build the error that lists every place searched and how to get the data."""
+    places = "\n".join(f"  - {entry}" for entry in looked)
+    return DataNotFoundError(f"{headline}\nPlaces searched, in order:\n{places}\n{HOW_TO_GET_CELEBA}")
+
+
+def _explicit_root(root: Optional[PathLike]) -> tuple[Optional[Path], str]:
+    """The path the user asked for, from the argument or else $CELEBA_DIR, with a label saying which."""
+    if root is not None and str(root) != "":
+        return Path(root).expanduser(), "argument root"
+    env = os.environ.get("CELEBA_DIR", "")
+    if env:
+        return Path(env).expanduser(), "$CELEBA_DIR"
+    return None, ""
+
+
+def find_celeba(root: Optional[PathLike] = None, kaggle_input: PathLike = "/kaggle/input") -> CelebALocation:
+    """Find CelebA: the explicit root (or $CELEBA_DIR), else a search of kaggle_input, else ./data/celeba, ./data.
+
+    An explicit path is final: if it holds no images, the search stops there with a DataNotFoundError.
+    Accepts the Kaggle, torchvision and plain-folder layouts. Never downloads anything.
+    """
+    explicit, label = _explicit_root(root)
+    if explicit is not None:
+        location, why = _locate_in(explicit)
+        if location is None:
+            raise _not_found([f"{explicit} ({label}): {why}"])
+        return location
+    looked = ["argument root: not given", "$CELEBA_DIR: not set"]
+    location, why = _search_kaggle_input(Path(kaggle_input))
+    if location is not None:
+        return location
+    looked.append(f"{kaggle_input} (Kaggle inputs): {why}")
+    for relative in ("data/celeba", "data"):
+        folder = Path.cwd() / relative
+        location, why = _locate_in(folder)
+        if location is not None:
+            return location
+        looked.append(f"./{relative} = {folder}: {why}")
+    raise _not_found(looked)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+def _check_split(split: str) -> Optional[int]:
+    """Partition code of a split name: train → 0, valid → 1, test → 2, all → None."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+    return SPLITS[split]
+
+
+def read_partition(partition_file: PathLike) -> dict[str, int]:
+    """Read list_eval_partition (.csv 'image_id,partition' or .txt '000001.jpg 0') into {image_id: 0|1|2}."""
+    partition: dict[str, int] = {}
+    with open(partition_file, encoding="utf-8-sig") as f:
+        for line in f:
+            parts = re.split(r"[,\s]+", line.strip())
+            if len(parts) >= 2 and parts[1].lstrip("-").isdigit():  # skips the header and blank lines
+                partition[parts[0]] = int(parts[1])
+    return partition
+
+
+def _image_names(folder: Path) -> list[str]:
+    """Sorted names of the JPEG/PNG files directly inside a folder."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+
+
+def list_images(location: CelebALocation, split: str = "train") -> list[Path]:
+    """List the images of a split, sorted by file name.
+
+    Uses the partition file when there is one; without it, every image is used (a warning is logged
+    if a split other than 'all' was asked for). Ids in the partition file with no image file are skipped
+    with a warning.
+    """
+    code = _check_split(split)
+    names = _image_names(location.image_dir)
+    if code is None:
+        return [location.image_dir / n for n in names]
+    if location.partition_file is None:
+        logger.warning("no list_eval_partition file next to %s: using all %d images for split %r",
+                       location.image_dir, len(names), split)
+        return [location.image_dir / n for n in names]
+    partition = read_partition(location.partition_file)
+    wanted = sorted(name for name, c in partition.items() if c == code)
+    present = set(names)
+    missing = [n for n in wanted if n not in present]
+    if missing:
+        logger.warning("%d of the %d %s images listed in %s are missing from %s (e.g. %s)", len(missing),
+                       len(wanted), split, location.partition_file, location.image_dir, missing[0])
+    return [location.image_dir / n for n in wanted if n in present]
+
