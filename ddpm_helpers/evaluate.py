@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from .errors import DDPMError
+from .runtime import default_device
 
-PathLike = Union[str, os.PathLike]
+from ._types import PathLike
 Images = Union[np.ndarray, torch.Tensor, str, os.PathLike]
 
 REFERENCE_FORMAT = "ddpm_helpers/reference/1"
@@ -443,7 +444,7 @@ def evaluate_sample_folder(samples: PathLike, reference, n_fake: Optional[int] =
         warnings.warn(f"{samples} holds {fake.n} of the {meta['n']} samples its samples.json asks for (an "
                       "interrupted run? `sample` again with the same flags resumes it)")
     real, description = prepare_images(reference)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     cache = Path(reference.cache_dir).expanduser() if reference.cache_dir else default_cache_dir()
     return compute_metrics(fake, real, device=device, reference_cache=cache / "reference_features",
                            reference=description, sampler=_sampler_label(meta), steps=meta.get("steps"),

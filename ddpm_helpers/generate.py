@@ -14,21 +14,21 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_open
+from .runtime import default_device  # the package's one device choice (figures imports it from here)
 from .diffusion import ddim_sample, ddpm_sample
 from .schedule import NoiseSchedule
 from .errors import ConfigError, DDPMError
 
-PathLike = Union[str, os.PathLike]
+from ._types import PathLike
 
 SAMPLERS = ("ddpm", "ddim")
 VARIANCES = ("beta", "posterior")
@@ -386,11 +386,6 @@ def resolve_checkpoint(path: PathLike) -> Path:
     return found
 
 
-def default_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @dataclass
 class SampleRun:
     """The result of sample_from_checkpoint: the grid's images (N, C, H, W) in [−1, 1] and path, and the folder report."""
@@ -419,7 +414,7 @@ def sample_from_checkpoint(checkpoint: PathLike, n: int = 64, sampler: str = "dd
     if out is None and out_dir is None:
         raise ValueError("give out (a grid PNG) and/or out_dir (a folder of single PNGs)")
     path = resolve_checkpoint(checkpoint)
-    device = torch.device(device) if device is not None else default_device()
+    device = default_device(device)
     model, schedule, cfg = load_model(path, ema=ema, device=device)
     variance = variance or cfg.diffusion.variance
     steps = 50 if steps is None else steps

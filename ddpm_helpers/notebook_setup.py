@@ -19,9 +19,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
-PathLike = Union[str, os.PathLike]
+from ._types import PathLike
 
 KAGGLE_ROOT = Path("/kaggle")  # overridden by $DDPM_KAGGLE_ROOT (the stand-in points it at a temporary tree)
 PACKAGE = "ddpm_helpers"

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -34,7 +34,7 @@ from .checkpoint import (CheckpointError, checkpoint_step, config_to_dict, find_
                          load_model)
 from .train import TrainingError
 
-PathLike = Union[str, os.PathLike]
+from ._types import PathLike
 
 LOG_TAIL_LINES = 40
 # Fields that do not change what a run learns: a checkpoint that differs only in these is the same model.
