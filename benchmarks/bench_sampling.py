@@ -3,12 +3,20 @@
     python benchmarks/bench_sampling.py                          # CPU, "small" U-Net, 32 px, batch 16
     python benchmarks/bench_sampling.py --device cuda --amp --full --batch 64
     python benchmarks/bench_sampling.py --checkpoint runs/celeba64 --device cuda --full
+    python benchmarks/bench_sampling.py --device cuda --preset recommended --image-size 64 --amp \
+        --fast off cudagraph compile+cudagraph --fast-batches 64 500        # 10,000 DDIM-50 samples, projected
 
 Every loop runs through ``ddpm_helpers.generate.generate`` (the code the CLI and the notebooks use).
 On the CPU, unless --full, each loop is timed over a few steps only and the per-step cost is
 multiplied by its number of steps (DDPM: a schedule of --probe-steps steps, whose steps cost what the
 1000-step schedule's do; DDIM: --probe-steps steps of the 1000-step schedule); the table says so.
 The weights are random unless --checkpoint is given: the time per step does not depend on them.
+
+--fast MODE ...: instead of the loop table, the time of 10,000 DDIM-50 samples (--fid-n) with the model
+wrapped by ``ddpm_helpers.fast_sampling.compile_for_sampling`` in each mode (off = the eager model, cudagraph,
+compile, compile+cudagraph) at each of --fast-batches: one untimed batch first (the CUDA graph capture or the
+compilation; its time is reported and added once), then --fast-repeats timed batches; the projection is
+ceil(N / batch) × the best batch time + that set-up time.
 """
 from __future__ import annotations
 
@@ -47,14 +55,16 @@ def build_model(args) -> tuple:
     return model, NoiseSchedule.linear(1000).to(device), args.image_size, f"preset {args.preset!r} (random weights)"
 
 
-def timed_generate(model, schedule, sampler: str, steps: int, args, image_size: int) -> float:
+def timed_generate(model, schedule, sampler: str, steps: int, args, image_size: int,
+                   batch: Optional[int] = None) -> float:
     """Wall seconds of one generate() call for a batch (synchronised on CUDA)."""
+    batch = batch or args.batch
     device = torch.device(args.device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.amp and device.type == "cuda" else nullcontext()
     synchronize(device)
     start = time.perf_counter()
     with amp:
-        generate(model, schedule, args.batch, sampler=sampler, steps=steps, batch_size=args.batch, seed=0,
+        generate(model, schedule, batch, sampler=sampler, steps=steps, batch_size=batch, seed=0,
                  device=device, image_size=image_size, channels=model.cfg.in_channels, progress=False)
     synchronize(device)
     return time.perf_counter() - start
@@ -98,6 +108,55 @@ def report(rows: List[Dict], args, what: str, params: int, image_size: int) -> s
                                   "speed-up vs DDPM-1000"], table)
 
 
+def measure_fast(model, schedule, args, image_size: int) -> List[Dict]:
+    """Per (batch size, wrapper mode): set-up seconds, seconds per DDIM-50 batch, projected time for --fid-n."""
+    import math
+    from ddpm_helpers.fast_sampling import compile_for_sampling
+    t_start, rows = time.perf_counter(), []
+    for batch in args.fast_batches:
+        for mode in args.fast:
+            row = {"batch": batch, "mode": mode}
+            rows.append(row)
+            if args.time_limit and time.perf_counter() - t_start > args.time_limit:
+                row["status"] = "skipped (time limit)"
+                continue
+            try:
+                fast = compile_for_sampling(model, mode=mode)
+                run = lambda: timed_generate(fast, schedule, "ddim", 50, args, image_size, batch)  # noqa: E731
+                row["setup_s"] = run()                      # capture or compile, plus one batch
+                row["s_per_batch"] = min(run() for _ in range(args.fast_repeats))
+                row["setup_s"] = max(0.0, row["setup_s"] - row["s_per_batch"])
+                row["mode_used"] = fast.mode_used
+                row["projected_s"] = math.ceil(args.fid_n / batch) * row["s_per_batch"] + row["setup_s"]
+                row["status"] = "ok"
+            except Exception as e:                      # a compile failure marks the row; the others still run
+                row["status"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            print(f"[bench_sampling] batch {batch} {mode}: {row['status']} "
+                  f"{row.get('s_per_batch', float('nan')):.3f} s/batch", flush=True)
+    return rows
+
+
+def report_fast(rows: List[Dict], args, what: str, params: int, image_size: int) -> str:
+    device = torch.device(args.device)
+    precision = "bf16 autocast" if args.amp and device.type == "cuda" else "fp32"
+    head = (f"{what}, {params / 1e6:.2f} M parameters, {image_size} px, {device.type}, {precision}; DDIM-50 through "
+            f"generate(); {args.fid_n:,} samples projected from the best of {args.fast_repeats} timed batches "
+            f"plus the set-up (graph capture or compilation, once per batch shape).\n\n")
+    table = []
+    eager = {r["batch"]: r for r in rows if r["mode"] == "off" and r["status"] == "ok"}
+    for r in rows:
+        if r["status"] != "ok":
+            table.append([r["mode"], r["batch"], r["status"], "", "", "", ""])
+            continue
+        base = eager.get(r["batch"])
+        table.append([r["mode"] if r["mode_used"] == r["mode"] else f"{r['mode']} (ran as {r['mode_used']})",
+                      r["batch"], f"{r['setup_s']:.1f}", f"{r['s_per_batch']:.3f}",
+                      f"{r['batch'] / r['s_per_batch']:,.0f}", f"{r['projected_s']:,.1f}",
+                      f"{base['s_per_batch'] / r['s_per_batch']:.2f}×" if base else ""])
+    return head + markdown_table(["mode", "batch", "set-up s", "s / batch (DDIM-50)", "images / s",
+                                  f"{args.fid_n:,} samples (s)", "per batch vs eager"], table, align="lrrrrrr")
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", choices=sorted(UNET_PRESETS), help="U-Net preset (default small)")
@@ -110,8 +169,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timings per loop; the best is kept (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--checkpoint", default=None, help="time a trained model instead of a random-init preset")
+    p.add_argument("--fast", nargs="+", choices=["off", "cudagraph", "compile", "compile+cudagraph"],
+                   help="project --fid-n DDIM-50 samples with the model wrapped in these fast_sampling modes")
+    p.add_argument("--fast-batches", nargs="+", type=int, help="batch sizes for --fast (default: --batch)")
+    p.add_argument("--fast-repeats", type=int, default=2, help="timed batches per --fast row; the best counts")
+    p.add_argument("--fid-n", type=int, default=10_000, help="samples to project for --fast (default 10,000)")
+    p.add_argument("--time-limit", type=float, help="--fast: start no new row after this many seconds")
+    p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
+    args.fast_batches = args.fast_batches or [args.batch]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda, but CUDA is not available here")
     return args
@@ -124,8 +191,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     env = environment(args.device)
     model, schedule, image_size, what = build_model(args)
     with torch.inference_mode():
-        rows = measure(model, schedule, args, image_size)
-    body = report(rows, args, what, count_parameters(model), image_size)
+        rows = measure_fast(model, schedule, args, image_size) if args.fast else measure(model, schedule, args,
+                                                                                            image_size)
+    report_fn = report_fast if args.fast else report
+    body = report_fn(rows, args, what, count_parameters(model), image_size)
+    if args.json:
+        import json
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"env": env, "args": vars(args), "rows": rows}, indent=1, default=str))
     command = command_line(argv, "benchmarks/bench_sampling.py")
     print(f"## Sampling speed ({env['date'][:10]}, {env.get('gpu') or 'CPU'})\n\n{environment_line(env)}\n"
           f"Reproduce: `{command}`\n\n{body}")
