@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -473,3 +474,41 @@ def test_small_training_config_prefers_shared_half_size_celeba(tmp_path):
     offline = small_training_config(run, "05_small", environ={})
     assert offline.data.root is None and offline.data.channels == offline.model.out_channels == 1
     assert with_data.max_steps == offline.max_steps and offline.out_dir.endswith("05_small")
+
+
+# ---------------------------------------------------------------------------------------------
+# Discoverability: one repository URL, badges, the CI workflow
+# ---------------------------------------------------------------------------------------------
+def _repository_url() -> str:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["urls"]["Repository"]
+
+
+def _badges(url: str, notebook: str) -> list[str]:
+    path = f"blob/main/notebooks/{notebook}"
+    return [f"(https://kaggle.com/kernels/welcome?src={url}/{path})",
+            f"(https://colab.research.google.com/github/{url.removeprefix('https://github.com/')}/{path})"]
+
+
+def test_repository_url_is_set_once_and_used_by_badges_and_colab_steps():
+    url = _repository_url()
+    assert url.startswith("https://github.com/") and url.count("/") == 4
+    readme = (REPO / "README.md").read_text()
+    assert f"!git clone {url}\n%cd {url.rsplit('/', 1)[1]}/notebooks" in readme
+    assert all(b in readme for b in _badges(url, "01_forward_noising.ipynb"))
+    assert "<this repository's URL>" not in readme
+    texts = [readme]
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert nb.cells[0].cell_type == "markdown" and all(b in nb.cells[0].source for b in _badges(url, path.name))
+        texts += [c.source for c in nb.cells]
+    # every link to this project, anywhere in the README or a notebook, is that one URL
+    links = {m for text in texts for m in re.findall(r"github\.com/[\w.-]+/ddpm[\w.-]*", text)}
+    assert links == {url.removeprefix("https://")}, links
+
+
+def test_ci_workflow_runs_the_ci_script_on_python_311():
+    workflow = (REPO / ".github" / "workflows" / "ci.yml").read_text()
+    assert "runs-on: ubuntu-latest" in workflow and 'python-version: "3.11"' in workflow
+    assert "run: bash .ci/run" in workflow and (REPO / ".ci" / "run").is_file()
