@@ -1,50 +1,119 @@
 #!/usr/bin/env bash
-# One prepared GPU session (run through the device tool, or by hand on any CUDA machine):
-#   correctness of the fp16 + GradScaler path, training/sampling/data benchmarks, a short real training run
-#   on the half-size CelebA copy, and figures from it. Everything lands in $OUT/results.tar.gz.
-# Needs: gpu/celeba_5k_half (a copy of shared/data/celeba_5k_half; git-ignored), optional .whl/ (diffusers).
+# One prepared GPU session (issue 13): every GPU path checked PASS/FAIL, the training-step experiments per preset,
+# sampling without launch overhead, and the Kaggle T4x2 estimate from this card's fp16 numbers. ~9 minutes on an
+# H200; every stage has its own time limit, so a slow stage costs its own results only.
+#
+#   bash benchmarks/gpu_session.sh --prepare       # on the dev machine, once: copy the half-size CelebA to gpu/
+#   bash benchmarks/gpu_session.sh                 # on the GPU machine (device tool: carry ["gpu"])
+#   bash benchmarks/gpu_session.sh --cpu-dry-run   # on a CPU: every stage with tiny sizes (checks the script)
+#
+# Output: $OUT/summary.md (all tables, ready to paste into benchmarks/RESULTS.md), $OUT/session.log, and
+# $OUT/results.tar.gz (every JSON, log and table). OUT defaults to /tmp/gpu_out; the device tool sets it.
+# STAGES="paths step_eager step_compile paths_compile sampling t4" runs a subset (all by default).
 set -u
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-OUT=${OUT:-/tmp/gpu_out}
-RES=/tmp/gpu_res; RUN=/tmp/gpu_run64
-rm -rf "$RES" "$RUN"; mkdir -p "$RES" "$OUT"
-export PYTHONPATH=$PWD
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
+MODE=gpu
+case "${1:-}" in
+  --prepare) MODE=prepare ;;
+  --cpu-dry-run) MODE=dry ;;
+  "") ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh [--prepare | --cpu-dry-run]" >&2; exit 2 ;;
+esac
+cd "$(dirname "$0")/.." || exit 1
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+DATA=gpu/celeba_5k_half
+SRC=${DDPM_SHARED_DATA:-/work/shared/data}/celeba_5k_half
+
+if [ "$MODE" = prepare ]; then
+  [ -d "$SRC" ] || { echo "no half-size CelebA at $SRC (set DDPM_SHARED_DATA)" >&2; exit 1; }
+  mkdir -p gpu && rm -rf "$DATA" && cp -r "$SRC" "$DATA" || exit 1
+  echo "copied $(ls "$DATA" | wc -l) files ($(du -sh "$DATA" | cut -f1)) to $DATA (git-ignored: /gpu/ in .gitignore)"
+  echo "now, through the device tool: run(command='bash benchmarks/gpu_session.sh', carry=['gpu'], timeout_s=600)"
+  exit 0
 fi
-step() { echo; echo "=== $(date +%T) $*"; }
-step "machine"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
-  python3 -c "import diffusers; print('diffusers', diffusers.__version__)" 2>&1 | tail -1; } | tee "$RES/machine.txt"
+if [ ! -d "$DATA" ]; then
+  if [ -d "$SRC" ]; then mkdir -p gpu && cp -r "$SRC" "$DATA"
+  else echo "no $DATA: run 'bash benchmarks/gpu_session.sh --prepare' first and carry gpu/" >&2; exit 1; fi
+fi
 
-step "fp16 + GradScaler path (Kaggle T4's) and bf16, smoke runs"
-timeout 60 python3 -m ddpm_helpers train --preset smoke --device cuda --amp fp16 --out /tmp/smoke16 --max-steps 30 --no-progress 2>&1 | tail -2 | tee "$RES/smoke.txt"
-timeout 60 python3 -m ddpm_helpers train --preset smoke --device cuda --amp bf16 --out /tmp/smokebf --max-steps 30 --no-progress 2>&1 | tail -1 | tee -a "$RES/smoke.txt"
+OUT=${OUT:-/tmp/gpu_out}
+RES=/tmp/gpu_res
+rm -rf "$RES"; mkdir -p "$RES" "$OUT"
+STAGES=${STAGES:-"machine paths step_eager step_compile paths_compile sampling t4"}
+if [ "$MODE" = dry ]; then
+  PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+  DEV=cpu
+  # tiny stand-ins; two presets (GroupNorm and BatchNorm) cover every kind of row
+  STEP="--dry-run --presets celeba64 report64"; PATHS="--dry-run"
+  SAMP="--device cpu --preset tiny --image-size 16 --fast off cudagraph compile+cudagraph --fast-batches 4 --fast-repeats 1"
+  T_PATHS=300; T_EAGER=120; T_COMPILE=300; T_PCOMP=300; T_SAMP=120
+else
+  PY=${PY:-python3}
+  DEV=cuda
+  STEP="--device cuda --max-batch-factor 4 --warmup 2 --round-s 0.5"; PATHS=""
+  SAMP="--device cuda --preset recommended --image-size 64 --amp --fast off cudagraph compile+cudagraph --fast-batches 64 500"
+  T_PATHS=${T_PATHS:-120}; T_EAGER=${T_EAGER:-100}; T_COMPILE=${T_COMPILE:-170}; T_PCOMP=${T_PCOMP:-60}; T_SAMP=${T_SAMP:-70}
+fi
+LOG=$OUT/session.log
+: > "$LOG"
+T0=$(date +%s)
+stage() { echo; echo "=== $(date -u +%T) (+$(( $(date +%s) - T0 )) s) $*"; }
+want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+run_stage() {   # run_stage NAME SECONDS command...: a stage with its own time limit; its status is recorded
+  local name=$1 limit=$2; shift 2
+  stage "$name (limit ${limit} s)"
+  local t=$(date +%s)
+  timeout -k 5 "$limit" "$@"
+  local rc=$?
+  local status="exit $rc"
+  [ $rc = 0 ] && status=ok
+  [ $rc = 124 ] && status="stopped at its limit"
+  echo "| $name | $(( $(date +%s) - t )) s | $limit s | $status |" >> "$RES/stages.md"
+}
 
-step "training throughput"
-timeout ${BENCH_TRAIN_S:-110} python3 benchmarks/bench_train.py --device cuda --presets report recommended --sizes 64 128 \
-  --batch 128,32 --modes fp32 amp amp+channels_last --steps 10 --warmup 3 --repeats 2 \
-  --json "$RES/bench_train.json" 2>&1 | tee "$RES/bench_train.txt" | tail -40
+{
+if want machine; then
+  stage "machine"
+  { [ "$DEV" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv,noheader
+    $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+    nproc; } 2>&1 | tee "$RES/machine.txt"
+fi
+want paths && run_stage "paths: SIGTERM/resume, fp16 + GradScaler, fast sampling" "$T_PATHS" \
+  $PY benchmarks/check_gpu_paths.py $PATHS --data "$DATA" --out "$RES/paths" --work /tmp/ddpm_paths --checks sigterm fp16 sampling
+want step_eager && run_stage "training step, eager rows" "$T_EAGER" \
+  $PY benchmarks/bench_step.py $STEP --stage eager --time-limit $(( T_EAGER - 15 )) --json "$RES/step_eager.json"
+want step_compile && run_stage "training step, torch.compile rows" "$T_COMPILE" \
+  $PY benchmarks/bench_step.py $STEP --stage compile --time-limit $(( T_COMPILE * 3 / 4 )) --json "$RES/step_compile.json"
+want paths_compile && run_stage "paths: compile on/off (the real CLI)" "$T_PCOMP" \
+  $PY benchmarks/check_gpu_paths.py $PATHS --data "$DATA" --out "$RES/paths_compile" --work /tmp/ddpm_paths_compile --checks compile
+want sampling && run_stage "sampling: 10,000 DDIM-50 samples, eager vs CUDA graph vs compile" "$T_SAMP" \
+  $PY benchmarks/bench_sampling.py $SAMP --time-limit $(( T_SAMP * 2 / 3 )) --json "$RES/sampling.json"
+} 2>&1 | tee -a "$LOG"
 
-step "sampling"
-timeout 50 python3 benchmarks/bench_sampling.py --device cuda --preset recommended --image-size 64 --batch 64 --repeats 1 \
-  2>&1 | tee "$RES/bench_sampling.txt" | tail -12
-
-step "data"
-timeout 40 python3 benchmarks/bench_data.py --device cuda --data gpu/celeba_5k_half --seconds 2 2>&1 | tee "$RES/bench_data.txt" | tail -12
-
-step "training run: celeba64 preset on the 5,000 half-size CelebA images"
-timeout $(( ${TRAIN_S:-150} + 60 )) python3 -m ddpm_helpers train --preset celeba64 --data gpu/celeba_5k_half --out "$RUN" \
-  --cache-dir /tmp/cache --time-budget ${TRAIN_S:-150}s --sample-every 500 --checkpoint-every 100000 --log-every 50 --no-progress \
-  2>&1 | grep -v "^  " | tee "$RES/train.txt" | tail -8
-tail -3 "$RUN/metrics.csv"
-
-step "figures from the checkpoint"
-timeout 80 python3 benchmarks/gpu_figures.py --run "$RUN" --out "$RES" --tag gpu_celeba64 2>&1 | tail -6
-cp "$RUN/metrics.csv" "$RES/gpu_celeba64_metrics.csv" 2>/dev/null
-cp "$RUN/loss_curve.png" "$RES/gpu_celeba64_loss_curve.png" 2>/dev/null
-cp -r "$RUN/samples" "$RES/gpu_celeba64_samples_during_training" 2>/dev/null
+# ---- summary: every table in one markdown file (also printed: the device tool returns the end of the output)
+{
+  stage "summary"
+  S=$RES/summary.md
+  {
+    echo "# GPU session $(date -u +%F) ($([ "$MODE" = dry ] && echo 'CPU DRY RUN: tiny sizes, numbers meaningless' || echo "$(head -1 "$RES/machine.txt" 2>/dev/null)"))"
+    echo; echo "Command: \`bash benchmarks/gpu_session.sh$([ "$MODE" = dry ] && echo ' --cpu-dry-run')\`; stages: $STAGES"
+    echo; echo "## Stages"; echo; echo "| stage | took | limit | status |"; echo "| --- | ---: | ---: | --- |"
+    cat "$RES/stages.md" 2>/dev/null
+    echo; echo "## GPU paths (PASS/FAIL)"; echo
+    cat "$RES/paths/paths.md" "$RES/paths_compile/paths.md" 2>/dev/null || echo "(not run)"
+    echo; echo "## Training step per preset and change"; echo
+    $PY benchmarks/bench_step.py --report "$RES/step_eager.json" "$RES/step_compile.json" 2>&1 || echo "(no step rows)"
+    echo; echo "## Sampling"; echo
+    $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['body'])" "$RES/sampling.json" 2>/dev/null \
+      || grep -A 30 "^preset\|^checkpoint" "$RES/sampling.txt" 2>/dev/null || echo "(not run)"
+    echo; echo "## Kaggle T4x2 estimate"; echo
+    if want t4 && [ -f "$RES/step_eager.json" ]; then
+      $PY benchmarks/t4_estimate.py --from "$RES/step_eager.json" --json "$RES/t4.json" 2>&1
+    else echo "(no fp16 rows: the provisional estimate is in benchmarks/RESULTS.md)"; fi
+  } > "$S"
+  cat "$S"
+} 2>&1 | tee -a "$LOG"
+cp "$RES/summary.md" "$OUT/summary.md"
+cp "$LOG" "$RES/session.log"
 tar czf "$OUT/results.tar.gz" -C /tmp gpu_res
 ls -la "$OUT"
-step "done"
+echo "=== done in $(( $(date +%s) - T0 )) s"

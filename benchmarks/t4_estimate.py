@@ -95,7 +95,8 @@ def bench_step_rates(paths: List[str]) -> Dict[str, Any]:
                 rates[r["preset"]] = {"images_per_s": r["images_per_s"],
                                       "source": f"measured fp16 + GradScaler, batch {r['batch']}"}
     env = runs[0]["env"]
-    return {"rates": rates, "peak": runs[0]["peaks"].get("fp16") or runs[0]["peaks"]["bf16"],
+    peaks = runs[0]["peaks"]
+    return {"rates": rates, "peak": peaks.get("fp16") or peaks.get("bf16") or next(iter(peaks.values())),
             "card": env.get("gpu") or "this card", "label": f"from {', '.join(paths)} ({env['date'][:10]})"}
 
 

@@ -512,3 +512,14 @@ def test_ci_workflow_runs_the_ci_script_on_python_311():
     workflow = (REPO / ".github" / "workflows" / "ci.yml").read_text()
     assert "runs-on: ubuntu-latest" in workflow and 'python-version: "3.11"' in workflow
     assert "run: bash .ci/run" in workflow and (REPO / ".ci" / "run").is_file()
+
+
+def test_default_cache_dir_follows_kaggles_variable_not_a_folder(tmp_path, monkeypatch):
+    from ddpm_helpers.cache import default_cache_dir
+    (tmp_path / "kaggle" / "working").mkdir(parents=True)
+    monkeypatch.setenv("DDPM_KAGGLE_ROOT", str(tmp_path / "kaggle"))
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_cache_dir() == tmp_path / "cache"                          # a /kaggle/working folder is not Kaggle
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    assert default_cache_dir() == tmp_path / "kaggle" / "working" / "cache"
