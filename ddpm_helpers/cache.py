@@ -368,8 +368,8 @@ def _cache_problems(npy: Path, meta: dict) -> list[str]:
 
 def default_cache_dir() -> Path:
     """Where caches go when DataConfig.cache_dir is None: /kaggle/working/cache on Kaggle, else ./cache."""
-    on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or Path("/kaggle/working").is_dir()
-    return Path("/kaggle/working/cache") if on_kaggle else Path.cwd() / "cache"
+    from .notebook_setup import is_kaggle, kaggle_working_dir  # Kaggle = its own variable, not a /kaggle folder
+    return kaggle_working_dir() / "cache" if is_kaggle() else Path.cwd() / "cache"
 
 
 def cache_name(split: str, crop: str, image_size: int, channels: int, count: Optional[int] = None) -> str:
