@@ -102,16 +102,17 @@ def find_package_source(kaggle_input: Optional[PathLike] = None, cwd: Optional[P
 
     Looks, in order, for ``ddpm_helpers/__init__.py`` in cwd's parent (a clone: notebooks/ is one level
     under the repository root), in cwd, in cwd's sub-folders (Colab after ``git clone``), then under
-    kaggle_input at depths 0–4 for a ``ddpm_helpers`` folder or a ``ddpm_helpers*.whl`` (both mount schemes:
+    kaggle_input at depths 0–4 for a ``ddpm_helpers`` folder, a ``ddpm_helpers*.whl``, or the uploaded
+    ``ddpm_helpers.tar``/``.zip`` when Kaggle did not unpack it (both mount schemes:
     ``/kaggle/input/<slug>/`` and ``/kaggle/input/datasets/<owner>/<slug>/``). The depth bound keeps the
-    search out of CelebA's 202,599 JPEGs. Returns the folder that holds ``ddpm_helpers/``, the wheel, or None.
+    search out of CelebA's 202,599 JPEGs. Returns the folder that holds ``ddpm_helpers/``, the wheel or archive, or None.
     """
     here = Path(cwd) if cwd is not None else Path.cwd()
     kaggle_input = Path(kaggle_input) if kaggle_input is not None else kaggle_input_dir()
     hits = [here.parent / PACKAGE, here / PACKAGE, *sorted(here.glob(f"*/{PACKAGE}"))]
     hits += [p for depth in range(PACKAGE_SEARCH_DEPTH) for p in sorted(kaggle_input.glob("*/" * depth + PACKAGE + "*"))]
     for p in hits:
-        if p.suffix == ".whl" and p.is_file():
+        if p.suffix in (".whl", ".tar", ".zip") and p.is_file():   # an archive: the first cell unpacks it
             return p
         if (p / "__init__.py").is_file():
             return p.parent

@@ -141,6 +141,8 @@ def test_find_package_prefers_a_clone_and_finds_wheels(tmp_path):
     wheel.parent.mkdir(parents=True)
     wheel.write_bytes(b"PK")
     assert find_package_source(wheel_kin, cwd=tmp_path / "elsewhere") == wheel
+    tar = _plant_archive(tmp_path / "tar_input" / "ddpm-helpers-code", "tar")    # Kaggle kept the upload packed
+    assert find_package_source(tmp_path / "tar_input", cwd=tmp_path / "elsewhere") == tar
 
 
 def test_find_package_none_and_depth_bound(tmp_path):
