@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
+import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torchvision
 
-PathLike = Union[str, Path]
+from ._types import PathLike
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -52,33 +55,87 @@ def read_metrics(csv_path: PathLike) -> dict:
     return cols
 
 
+# ---------------------------------------------------------------------------------------------
+# One print style: sizes for a report column or page, fonts that stay legible there
+# ---------------------------------------------------------------------------------------------
+COLUMN_WIDTH = 3.5    # inches: one column of a two-column report
+PAGE_WIDTH = 7.0      # inches: the full text width
+PRINT_DPI = 300
+PRINT_STYLE = {
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "legend.fontsize": 7, "figure.titlesize": 9, "lines.linewidth": 1.0, "axes.linewidth": 0.6,
+    "grid.linewidth": 0.4, "grid.alpha": 0.3, "axes.grid": True, "legend.frameon": False,
+    "savefig.dpi": PRINT_DPI, "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
+    "pdf.fonttype": 42, "ps.fonttype": 42,           # embed TrueType: text stays text in the PDF
+    "image.interpolation": "nearest",
+}
+
+
+def print_style():
+    """A matplotlib rc context with the print style: ``with print_style(): fig = ...``."""
+    import matplotlib
+    return matplotlib.rc_context(PRINT_STYLE)
+
+
+def smooth_log(values: Sequence[float], window: Optional[int] = None) -> list:
+    """exp(centred rolling median of log(values)): a smoothed loss that follows the raw one without lag.
+
+    Losses fall by orders of magnitude early on; averaging them linearly lets the early values dominate, and an
+    exponential average lags behind. The median of the logs over a centred window of ``window`` rows (odd; default
+    2·⌊rows/40⌋ + 1, i.e. no smoothing below 40 rows) tracks the typical level and ignores spikes. At the start
+    the window shrinks symmetrically (row i < half uses rows 0 … 2i), so the fast early fall is followed too; at
+    the end it is cut off on the right. NaNs are skipped.
+    """
+    x = np.log(np.clip(np.asarray(values, dtype=np.float64), 1e-30, None))
+    half = (window or 2 * (len(x) // 40) + 1) // 2
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)                            # an all-NaN window stays NaN
+        for i in range(len(x)):
+            h = min(half, i)
+            out.append(float(np.exp(np.nanmedian(x[i - h:i + h + 1]))))
+    return out
+
+
+def _plot_loss(ax, steps: Sequence[float], loss: Sequence[float], window: Optional[int] = None) -> None:
+    """Raw loss (light) and its log-space rolling median (dark) on a log axis."""
+    ax.plot(steps, loss, color="0.72", lw=0.6, label="logged mean")
+    window = window or 2 * (len(loss) // 40) + 1
+    if window > 1:
+        ax.plot(steps, smooth_log(loss, window), color="C0", lw=1.2, label=f"rolling median of log ({window} rows)")
+    ax.set_yscale("log")
+
+
+def _wrap(title: str, width_in: float) -> str:
+    """Wrap a title to about the characters that fit width_in inches at the title font size."""
+    return "\n".join(textwrap.wrap(title, max(20, int(width_in * 15))))
+
+
 def plot_loss_curve(csv_path: PathLike, out_path: Optional[PathLike] = None, title: str = "Training loss",
-                    smooth: float = 0.9):
-    """Loss against step from a metrics CSV, raw and exponentially smoothed, log-scaled. Returns the figure."""
+                    window: Optional[int] = None, width: float = COLUMN_WIDTH):
+    """Loss against step from a metrics CSV: raw, and smoothed in log space (smooth_log), on a log axis.
+
+    One report column wide in the print style; a long title is wrapped. Writes out_path (PNG, 300 dpi) when
+    given. Returns the figure.
+    """
     import matplotlib
     import matplotlib.pyplot as plt
     m = read_metrics(csv_path)
     steps, loss = m.get("step", []), m.get("loss", [])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if steps:
-        ax.plot(steps, loss, color="0.75", lw=0.8, label="loss (logged mean)")
-        ema, s = [], None
-        for v in loss:
-            s = v if s is None else smooth * s + (1 - smooth) * v
-            ema.append(s)
-        ax.plot(steps, ema, color="C0", lw=1.5, label=f"smoothed ({smooth})")
-        ax.set_yscale("log")
-        ax.legend()
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(r"$L_{simple} = \|\epsilon - \epsilon_\theta\|^2$")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if out_path is not None:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_path, dpi=150)
-        if matplotlib.get_backend().lower() == "agg":
-            plt.close(fig)
+    with print_style():
+        fig, ax = plt.subplots(figsize=(width, 0.68 * width))
+        if steps:
+            _plot_loss(ax, steps, loss, window)
+            ax.legend()
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(r"$L_{simple} = \|\epsilon - \epsilon_\theta\|^2$")
+        ax.set_title(_wrap(title, width))
+        fig.tight_layout()
+        if out_path is not None:
+            Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out_path, metadata={"Software": None})
+    if out_path is not None and matplotlib.get_backend().lower() == "agg":
+        plt.close(fig)
     return fig
 
 
@@ -105,22 +162,51 @@ def save_figure(fig, stem: PathLike, formats: Sequence[str] = ("png",), dpi: int
     return paths
 
 
-def plot_image_rows(rows: dict, col_titles: Sequence[str], scale: float = 1.3):
-    """A grid with one row per entry of rows {label: images (K, C, H, W) in [−1, 1]} and K titled columns."""
+def tile_mosaic(rows: Sequence[torch.Tensor], pad: Optional[int] = None) -> np.ndarray:
+    """Rows of images, each (K, C, H, W) in [−1, 1] (or uint8), as one RGB array (R·(H+p)+p, K·(W+p)+p, 3) in [0, 1].
+
+    The gaps (p pixels, default max(1, H/16)) are white; gray images are repeated to RGB.
+    """
+    k, c, h, w = rows[0].shape
+    pad = max(1, h // 16) if pad is None else pad
+    out = np.ones((len(rows) * (h + pad) + pad, k * (w + pad) + pad, 3), dtype=np.float32)
+    for r, images in enumerate(rows):
+        tiles = to_unit_range(images.detach().cpu()).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()  # (K, H, W, 3)
+        for j in range(k):
+            y, x = pad + r * (h + pad), pad + j * (w + pad)
+            out[y:y + h, x:x + w] = tiles[j]
+    return out
+
+
+def plot_image_rows(rows: dict, col_titles: Sequence[str], scale: float = 1.3, tile_labels: Optional[dict] = None):
+    """One row per entry of rows {label: images (K, C, H, W) in [−1, 1]}, K titled columns, as a single image.
+
+    scale: inches per tile. tile_labels: optional {row label: K strings} written in the corner of each tile of
+    that row. One axes and one imshow (nearest neighbour), so that large tables draw fast. Returns the figure.
+    """
     import matplotlib.pyplot as plt
-    n_rows, n_cols = len(rows), len(col_titles)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows + 0.3), squeeze=False)
-    for r, (label, images) in enumerate(rows.items()):
-        for c in range(n_cols):
-            ax = axes[r][c]
-            ax.imshow(to_unit_range(images[c].detach().cpu()).permute(1, 2, 0).squeeze(-1).numpy(),
-                      cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(col_titles[c], fontsize=9)
-        axes[r][0].set_ylabel(label, fontsize=8)
-    fig.tight_layout()
+    images = list(rows.values())
+    k, _, h, w = images[0].shape
+    pad = max(1, h // 16)
+    mosaic = tile_mosaic(images, pad)
+    n_rows = len(images)
+    fig, ax = plt.subplots(figsize=(scale * k + 0.7, scale * n_rows * (h + pad) / (w + pad) + 0.35))
+    ax.imshow(mosaic, interpolation="nearest")
+    centre = lambda i, size: pad + i * (size + pad) + (size - 1) / 2
+    ax.xaxis.tick_top()
+    ax.set_xticks([centre(j, w) for j in range(k)])
+    ax.set_xticklabels(col_titles[:k], fontsize=8)
+    ax.set_yticks([centre(r, h) for r in range(n_rows)])
+    ax.set_yticklabels(list(rows), fontsize=8)
+    ax.tick_params(length=0, pad=2)
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    for r, label in enumerate(rows):
+        for j, text in enumerate((tile_labels or {}).get(label) or []):
+            ax.text(pad + j * (w + pad) + 0.5, pad + r * (h + pad) + h - 0.5, text, fontsize=6, va="bottom",
+                    ha="left", bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8))
+    fig.tight_layout(pad=0.2)
     return fig
 
 
@@ -274,41 +360,33 @@ _METRIC_LABELS = {"loss": r"$L_{simple}$ (logged mean)", "lr": "learning rate",
 
 def plot_training_metrics(csv_path: PathLike, columns: Sequence[str] = ("loss", "lr", "grad_norm"),
                           resumed_at: Sequence[int] = (), grad_clip: Optional[float] = None,
-                          smooth: Optional[float] = None):
+                          window: Optional[int] = None, panel_width: float = 4.6, panel_height: float = 3.3):
     """One panel per column of a training metrics CSV (train.MetricsLog) against the optimizer step.
 
-    "loss" is drawn raw and exponentially smoothed on a log scale (smooth: the EMA factor; default about
-    1 − 25/rows, so that short runs are not drowned by the lag); "grad_norm" (the mean norm before clipping)
-    gets a dotted line at grad_clip when given. resumed_at: steps where a session resumed from a checkpoint,
-    drawn as dashed vertical lines in every panel. Returns the figure.
+    "loss" is drawn raw and smoothed in log space (smooth_log: a centred rolling median of log L over
+    ``window`` rows) on a log scale; "grad_norm" (the mean norm before clipping) gets a dotted line at
+    grad_clip when given. resumed_at: steps where a session resumed from a checkpoint, drawn as dashed
+    vertical lines in every panel. Returns the figure.
     """
     import matplotlib.pyplot as plt
     m = read_metrics(csv_path)
     steps = m.get("step", [])
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(columns), figsize=(panel_width * len(columns), panel_height), squeeze=False)
     for ax, col in zip(axes[0], columns):
         values = m.get(col, [])
         if col == "loss" and values:
-            ax.plot(steps, values, color="0.75", lw=0.8, label="logged mean")
-            factor = smooth if smooth is not None else round(1 - 1 / max(1.0, len(values) / 25), 2)
-            ema, s = [], None
-            for v in values:
-                s = v if s is None else factor * s + (1 - factor) * v
-                ema.append(s)
-            if factor > 0:
-                ax.plot(steps, ema, color="C0", lw=1.5, label=f"smoothed ({factor:g})")
-            ax.set_yscale("log")
+            _plot_loss(ax, steps, values, window)
         elif values:
-            ax.plot(steps, values, color="C1" if col == "lr" else "C2", lw=1.2, label=col)
+            ax.plot(steps, values, color="C1" if col == "lr" else "C2", lw=1.0, label=col)
         if col == "grad_norm" and grad_clip:
             ax.axhline(grad_clip, color="C3", ls=":", lw=1, label=f"clip at {grad_clip:g}")
         for i, step in enumerate(resumed_at):
             ax.axvline(step, color="0.3", ls="--", lw=0.9, label="resumed" if i == 0 else None)
         ax.set_xlabel("optimizer step")
-        ax.set_title(_METRIC_LABELS.get(col, col), fontsize=10)
+        ax.set_title(_METRIC_LABELS.get(col, col))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend()
     fig.tight_layout()
     return fig
 
