@@ -14,8 +14,10 @@ in [−1, 1] (N, C, H, W), or a folder of PNGs.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -259,9 +261,55 @@ def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = Fals
         raise ValueError(f"the run trained on every image of {location.image_dir} (split {data_cfg.split!r}, no "
                          "max_images) and no valid split exists: no held-out images to compare with")
     tag = f"{split}_heldout_after{data_cfg.max_images}" if split == data_cfg.split else split
-    cache_dir = default_cache_dir() if data_cfg.cache_dir is None else data_cfg.cache_dir
-    path = build_cache(paths, f"{cache_dir}/{cache_name(tag, data_cfg.crop, data_cfg.image_size, data_cfg.channels, len(paths))}",
-                       data_cfg.crop, data_cfg.image_size, data_cfg.channels, source=str(location.image_dir),
-                       split=split, progress=progress)
+    cache_dir = default_cache_dir() if data_cfg.cache_dir is None else Path(data_cfg.cache_dir).expanduser()
+    name = cache_name(tag, data_cfg.crop, data_cfg.image_size, data_cfg.channels, len(paths))
+    path = build_cache(paths, cache_dir / name, data_cfg.crop, data_cfg.image_size, data_cfg.channels,
+                       source=str(location.image_dir), split=split, progress=progress)
     images, _ = load_cache(path)
     return images, f"{what} from {location.image_dir}, {data_cfg.crop} → {data_cfg.image_size} px"
+
+
+# ---------------------------------------------------------------------------------------------
+# For `evaluate`: a folder of samples against its run's held-out images
+# ---------------------------------------------------------------------------------------------
+def _run_data_config(meta: Dict[str, Any], root: Optional[str]):
+    """The training DataConfig of the checkpoint samples.json names (root replaced when given), else None."""
+    from .checkpoint import CheckpointError, config_from_dict, load_checkpoint
+    path = meta.get("checkpoint")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        cfg = config_from_dict(load_checkpoint(path)["config"]).data
+    except (CheckpointError, OSError, KeyError) as e:
+        logger.warning("cannot read the training data settings from %s: %s", path, e)
+        return None
+    return dataclasses.replace(cfg, root=root or cfg.root, offline_fallback=False)
+
+
+def swd_of_sample_folder(samples, meta: Dict[str, Any], reference_cfg, root: Optional[str] = None,
+                         n: Optional[int] = None, seed: int = 0) -> SWDReport:
+    """SWD of a `sample --out-dir` folder, beside real-vs-real at the same n.
+
+    When samples.json names a checkpoint that is here, against that run's held-out images (heldout_images), with
+    its first training images as the second real set. Otherwise against the reference DataConfig's images
+    (evaluate's --split/--n-real): its first n, and its next n as the second real set (labelled: these may be
+    training images). n: default the number of samples, capped by the real images available.
+    """
+    from .data import prepare_images
+    from .evaluate import as_image_source
+    n_fake = as_image_source(samples).n
+    run_cfg = _run_data_config(meta, root)
+    if run_cfg is not None:
+        heldout, held_desc = heldout_images(run_cfg)
+        m = min(n or n_fake, n_fake, len(heldout))
+        train, _ = prepare_images(dataclasses.replace(run_cfg, max_images=m), progress=False)
+        m = min(m, len(train))
+        return swd_report(samples, heldout, train, reference=held_desc,
+                          comparison=f"the run's first {m:,} training images", seed=seed, n=m)
+    real, desc = prepare_images(reference_cfg, progress=False)
+    m = min(n or n_fake, n_fake, len(real) // 2)
+    if m < 2:
+        raise ValueError(f"SWD needs at least 4 reference images (two sets of 2), got {len(real)}")
+    return swd_report(samples, real[:m], real[m:2 * m], reference=f"images 1–{m:,} of {desc} (not known to be held "
+                      "out: samples.json names no checkpoint here)", comparison=f"images {m + 1:,}–{2 * m:,} of the "
+                      "same set", seed=seed, n=m)
