@@ -5,6 +5,7 @@ Real faces: the 100 offline LFW faces of scikit-image (no download, no CelebA ne
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,31 @@ def test_heldout_set_is_the_split_after_max_images(tmp_path, monkeypatch):
     np.testing.assert_array_equal(images[0], load_image(root / "000006.jpg", "ddim_128", 16, 3))
     with pytest.raises(ValueError, match="no held-out images"):
         heldout_images(DataConfig(root=str(root), image_size=16, cache_dir=str(tmp_path / "cache")))
+
+
+def _sample_folder(folder: Path, count: int, size: int = 16) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
+    return folder
+
+
+def test_sample_folder_is_scored_against_its_runs_heldout_images(tmp_path, monkeypatch):
+    from ddpm_helpers.checkpoint import FORMAT, atomic_save, config_to_dict
+    from ddpm_helpers.config import train_preset
+    from ddpm_helpers.swd import swd_of_sample_folder
+    monkeypatch.delenv("CELEBA_DIR", raising=False)
+    root = _plain_folder(tmp_path / "celeba", 12)
+    cache = str(tmp_path / "cache")
+    cfg = train_preset("smoke")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_channels=3, out_channels=3),
+                              data=DataConfig(root=str(root), image_size=16, channels=3, max_images=8, cache_dir=cache))
+    ckpt = atomic_save({"format": FORMAT, "config": config_to_dict(cfg)}, tmp_path / "run" / "ckpt_00000001.pt")
+    samples = _sample_folder(tmp_path / "samples", 6)
+    reference = DataConfig(root=str(root), image_size=16, max_images=12, cache_dir=cache, offline_fallback=False)
+    report = swd_of_sample_folder(samples, {"checkpoint": str(ckpt)}, reference)
+    assert report.samples.n == report.real_vs_real.n == 4                       # held-out: images 9–12
+    assert "9–12" in report.reference and "first 4 training" in report.comparison
+    fallback = swd_of_sample_folder(samples, {}, reference)                      # no checkpoint named: labelled
+    assert fallback.samples.n == 6 and "not known to be held out" in fallback.reference
