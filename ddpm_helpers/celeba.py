@@ -56,11 +56,24 @@ class CelebALocation:
 # ---------------------------------------------------------------------------------------------
 # Finding CelebA
 # ---------------------------------------------------------------------------------------------
+def _is_image_file(entry: os.DirEntry, unreadable: Optional[list] = None) -> bool:
+    """Whether a folder entry is a JPEG/PNG file; an entry that cannot be checked (a symlink loop: ELOOP, a
+    dangling or forbidden link) is not, and is noted in unreadable as (name, reason)."""
+    if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+        return False
+    try:
+        return entry.is_file()
+    except OSError as exc:
+        if unreadable is not None:
+            unreadable.append((entry.name, exc.strerror or str(exc)))
+        return False
+
+
 def _has_images(folder: Path) -> bool:
     """Whether a folder directly holds at least one JPEG/PNG file (stops at the first one)."""
     try:
         with os.scandir(folder) as entries:
-            return any(e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file() for e in entries)
+            return any(_is_image_file(e) for e in entries)
     except OSError:
         return False
 
@@ -198,9 +211,18 @@ def read_partition(partition_file: PathLike) -> dict[str, int]:
 
 
 def _image_names(folder: Path) -> list[str]:
-    """Sorted names of the JPEG/PNG files directly inside a folder."""
-    with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+    """Sorted names of the JPEG/PNG files directly inside a folder; entries that cannot be read (symlink
+    loops, dangling links) are skipped with a warning. A folder that cannot be listed: DataNotFoundError."""
+    unreadable: list[tuple[str, str]] = []
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if _is_image_file(e, unreadable))
+    except OSError as exc:
+        raise DataNotFoundError(f"cannot list the image folder {folder}: {exc.strerror or exc}") from exc
+    if unreadable:
+        logger.warning("skipped %d entries of %s that cannot be read, e.g. %s: %s", len(unreadable), folder,
+                       *unreadable[0])
+    return names
 
 
 def list_images(location: CelebALocation, split: str = "train") -> list[Path]:

@@ -5,6 +5,7 @@ under $DDPM_SHARED_DATA (set by .ci/run) and are skipped, with the reason, when 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -367,6 +368,111 @@ def test_corrupt_and_truncated_images_are_skipped_and_counted(tmp_path, six_imag
     with pytest.raises(CacheError, match="none of the 2 images"):
         build_cache([garbage, truncated], tmp_path / "bad.npy", "ddim_128", 16, progress=False, workers=1)
     assert [p.name for p in tmp_path.glob("bad*")] == ["bad.lock"]  # no array, no metadata
+
+
+def _copies(paths, folder: Path) -> list[Path]:
+    """Copies of the images in a fresh folder, so a test may change them."""
+    folder.mkdir()
+    out = []
+    for p in paths:
+        (folder / p.name).write_bytes(p.read_bytes())
+        out.append(folder / p.name)
+    return out
+
+
+def test_a_cache_damaged_without_changing_size_is_rebuilt(tmp_path, six_images, caplog):
+    path = build_cache(six_images, tmp_path / "c.npy", "ddim_128", 16, progress=False, workers=1)
+    good = np.array(load_cache(path)[0])
+    size = path.stat().st_size
+    with open(path, "r+b") as f:           # flip bytes inside the pixels; size, header and shape stay valid
+        f.seek(size - 500)
+        f.write(bytes(255 - b for b in f.read(10))[:10])
+    assert path.stat().st_size == size and load_cache(path)[0].shape == good.shape
+    with pytest.raises(CacheError, match=r"c\.npy is damaged: bytes 0 to [\d,]+ differ from the checksum"):
+        build_cache(six_images, path, "ddim_128", 16, progress=False, workers=1, rebuild=False)
+    with caplog.at_level(logging.WARNING, logger="ddpm_helpers"):
+        build_cache(six_images, path, "ddim_128", 16, progress=False, workers=1)
+    assert "rebuilding cache" in caplog.text and "damaged" in caplog.text
+    np.testing.assert_array_equal(load_cache(path)[0], good)
+
+
+def test_a_large_cache_checks_a_sample_of_chunks_and_all_with_verify_full(tmp_path, six_images, monkeypatch):
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 512)              # 6 images of 16 px: 4,736 bytes, 10 chunks
+    monkeypatch.setattr(cache, "FULL_VERIFY_BYTES", 1024)       # "large": only first, last and 4 random chunks
+    monkeypatch.setattr(cache, "SAMPLED_CHUNKS", 0)
+    path = build_cache(six_images, tmp_path / "c.npy", "ddim_128", 16, progress=False, workers=1)
+    assert len(load_cache(path)[1]["chunk_sha1"]) == 10
+    with open(path, "r+b") as f:                                # damage chunk 4 only
+        f.seek(4 * 512 + 7)
+        f.write(b"\x00\x01\x02")
+    mtime = path.stat().st_mtime_ns
+    build_cache(six_images, path, "ddim_128", 16, progress=False, workers=1)   # the sample misses it: reused
+    assert path.stat().st_mtime_ns == mtime
+    with pytest.raises(CacheError, match="damaged: bytes 2,048 to 2,560"):
+        build_cache(six_images, path, "ddim_128", 16, progress=False, workers=1, rebuild=False, verify="full")
+
+
+def test_replaced_source_images_make_the_cache_stale(tmp_path, six_images, caplog):
+    paths = _copies(six_images, tmp_path / "src")
+    path = build_cache(paths, tmp_path / "c.npy", "ddim_128", 16, progress=False, workers=1)
+    _fake_face(99).save(paths[2], quality=90)                    # another picture under the same name
+    with pytest.raises(CacheError, match="stale: its source images changed"):
+        build_cache(paths, path, "ddim_128", 16, progress=False, workers=1, rebuild=False)
+    with caplog.at_level(logging.WARNING, logger="ddpm_helpers"):
+        build_cache(paths, path, "ddim_128", 16, progress=False, workers=1)
+    assert "stale" in caplog.text
+    np.testing.assert_array_equal(load_cache(path)[0][2], load_image(paths[2], "ddim_128", 16))
+    os.utime(paths[0], ns=(0, 10 ** 18))                        # same bytes, new modification time: stale too
+    with pytest.raises(CacheError, match="stale"):
+        build_cache(paths, path, "ddim_128", 16, progress=False, workers=1, rebuild=False)
+
+
+def test_images_smaller_than_the_crop_are_skipped_and_reported(tmp_path, six_images, caplog):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(tiny)
+    small = tmp_path / "small.png"
+    _fake_face(3, (40, 49)).save(small)                            # its ddim_128 box is 29×29 < 32
+    with pytest.raises(data.ImageTooSmallError, match="1×1 image: its ddim_128 crop is 1×1 pixels, smaller than 16"):
+        load_image(tiny, "ddim_128", 16)
+    with caplog.at_level(logging.WARNING, logger="ddpm_helpers"):
+        path = build_cache([six_images[0], tiny, small, six_images[1]], tmp_path / "c.npy", "ddim_128", 32,
+                           progress=False, workers=1)
+    images, meta = load_cache(path)
+    assert images.shape == (2, 32, 32, 3) and [s["path"] for s in meta["skipped"]] == [str(tiny), str(small)]
+    assert "skipped 2 of 4 images" in caplog.text and "too small" in caplog.text
+    with pytest.raises(CacheError, match="none of the 2 images could be used"):
+        build_cache([tiny, small], tmp_path / "bad.npy", "ddim_128", 32, progress=False, workers=1)
+
+
+def test_symlink_loops_among_the_images_are_skipped_with_a_warning(isolated, caplog):
+    folder = isolated / "imgs"
+    _write_images(folder, names=["a.jpg", "b.jpg"])
+    (folder / "loop.jpg").symlink_to("loop.jpg")
+    (folder / "x.jpg").symlink_to("y.jpg")
+    (folder / "y.jpg").symlink_to("x.jpg")
+    with caplog.at_level(logging.WARNING, logger="ddpm_helpers"):
+        paths = list_images(find_celeba(folder), "all")
+    assert _ids(paths) == ["a.jpg", "b.jpg"]
+    assert "skipped 3 entries" in caplog.text and "Too many levels of symbolic links" in caplog.text
+    (isolated / "self").symlink_to("self")
+    with pytest.raises(DataNotFoundError, match="self"):
+        list_images(CelebALocation(isolated / "self", None, "folder"), "all")
+
+
+def test_the_data_identity_names_the_data_and_survives_a_move(isolated):
+    a = _kaggle_tree(isolated / "a")
+    cfg = DataConfig(root=str(a), split="train", image_size=16, cache_dir=str(isolated / "cache"))
+    first = data.prepare_training_data(cfg, progress=False)
+    assert {k: first.identity[k] for k in ("kind", "split", "count", "crop", "image_size", "channels")} == {
+        "kind": "celeba", "split": "train", "count": 3, "crop": "ddim_128", "image_size": 16, "channels": 3}
+    b = isolated / "b"
+    os.rename(a, b)                                              # a remount elsewhere (a later Kaggle session)
+    moved = data.prepare_training_data(dataclasses.replace(cfg, root=str(b)), progress=False)
+    assert moved.identity["fingerprint"] == first.identity["fingerprint"]
+    assert moved.identity["source"] != first.identity["source"]
+    _fake_face(42).save(b / "img_align_celeba" / "img_align_celeba" / NAMES[1], quality=60)
+    changed = data.prepare_training_data(dataclasses.replace(cfg, root=str(b)), progress=False)
+    assert changed.identity["fingerprint"] != first.identity["fingerprint"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,12 +174,15 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "metrics.csv").exists():
         time.sleep(0.2)
-    time.sleep(1.0)
+    from ddpm_helpers.runfolder import RunFolderBusyError
+    with pytest.raises(RunFolderBusyError, match=f"pid {proc.pid}"):     # a second training on the folder refuses
+        train(train_preset("smoke", out_dir=str(out)), images=_images(), resume=True, progress=False, verbose=False)
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, text
     assert "signal SIGTERM" in text
     assert ck.list_checkpoints(out)
+    assert not (out / "train.lock").exists()                            # released on SIGTERM
 
 
 def _free_port():
@@ -279,3 +282,137 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     assert [ck.checkpoint_step(p) for p in ck.list_checkpoints(out)] == [4, 6]
     assert sorted(p.name for p in out.glob("*.abandoned")) == ["ckpt_00000008.pt.abandoned",
                                                                  "ckpt_00000012.pt.abandoned"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder is owned; nothing is lost
+# ---------------------------------------------------------------------------------------------
+def _write_lock(out: Path, pid: int, host: str) -> Path:
+    import json
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.lock").write_text(json.dumps({"pid": pid, "host": host, "started": "earlier"}))
+    return out / "train.lock"
+
+
+def test_a_locked_run_folder_refuses_a_second_training_and_a_stale_lock_is_taken_over(tmp_path, capsys):
+    from ddpm_helpers.runfolder import RunFolderBusyError
+    images, out = _images(), tmp_path / "run"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _write_lock(out, live.pid, socket.gethostname())
+        with pytest.raises(RunFolderBusyError, match=rf"in use by another training: pid {live.pid} on "
+                                                      rf"{socket.gethostname()}"):
+            train(_cfg(tmp_path, max_steps=2), images=images, progress=False, verbose=False)
+        assert not ck.list_checkpoints(out) and not (out / "metrics.csv").exists()
+    finally:
+        live.kill()
+        live.wait()
+    _write_lock(out, live.pid, socket.gethostname())          # its process is gone now: a stale lock
+    r = train(_cfg(tmp_path, max_steps=2), images=images, progress=False)
+    assert r.step == 2 and "no longer running: taking it over" in capsys.readouterr().out
+    assert not (out / "train.lock").exists()                   # released at the end
+    _write_lock(out, 1, "another-machine")                    # cannot be checked from here: never taken over
+    with pytest.raises(RunFolderBusyError, match="another-machine.*delete"):
+        train(_cfg(tmp_path, max_steps=4), images=images, resume=True, progress=False, verbose=False)
+
+
+def test_the_lock_is_released_when_training_fails(tmp_path):
+    images = _images()
+    train(_cfg(tmp_path, max_steps=2), images=images, progress=False, verbose=False)
+    with pytest.raises(ck.CheckpointError, match="already holds checkpoints"):
+        train(_cfg(tmp_path, max_steps=4), images=images, progress=False, verbose=False)
+    assert not (tmp_path / "run" / "train.lock").exists()
+
+
+def test_an_unwritable_run_folder_is_a_clear_error(tmp_path):
+    from ddpm_helpers.runfolder import RunFolderNotWritableError
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(RunFolderNotWritableError, match=r"cannot write to the run folder .*file.*Choose a writable"):
+        train(train_preset("smoke", out_dir=str(tmp_path / "file" / "run")), images=_images(), progress=False,
+              verbose=False)
+
+
+def test_an_incompatible_or_other_data_resume_moves_nothing(tmp_path):
+    """The old code renamed the newer checkpoints aside and only then refused: the next --resume lost them."""
+    images = _images()
+    train(_cfg(tmp_path, max_steps=12, checkpoint_every=4, keep_checkpoints=5), images=images, progress=False,
+          verbose=False)
+    out = tmp_path / "run"
+    before = sorted(p.name for p in out.iterdir())
+    other = _cfg(tmp_path, max_steps=6, checkpoint_every=4, keep_checkpoints=5)
+    other = dataclasses.replace(other, model=dataclasses.replace(other.model, base_channels=16))
+    with pytest.raises(ck.CheckpointError, match="incompatible config"):
+        train(other, images=images, resume=out / "ckpt_00000004.pt", progress=False, verbose=False)
+    with pytest.raises(ck.DataChangedError):
+        train(_cfg(tmp_path, max_steps=6), images=_images(seed=1), resume=out / "ckpt_00000004.pt", progress=False,
+              verbose=False)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert [ck.checkpoint_step(p) for p in ck.list_checkpoints(out)] == [4, 8, 12]
+
+
+def test_resuming_on_other_data_refuses_unless_allowed(tmp_path, capsys):
+    train(_cfg(tmp_path, max_steps=2), images=_images(), progress=False, verbose=False)
+    saved = ck.load_checkpoint(ck.latest_checkpoint(tmp_path / "run"))["data_identity"]
+    assert saved["kind"] == "given" and saved["count"] == 40 and saved["image_size"] == 16 and saved["channels"] == 1
+    with pytest.raises(ck.DataChangedError, match=r"other data.*\n  count: checkpoint has 40, this run has 32"
+                                                 r"\n  fingerprint: (?s:.*)--allow-data-change") as e:
+        train(_cfg(tmp_path, max_steps=4), images=_images(n=32), resume=True, progress=False, verbose=False)
+    assert "kind" not in str(e.value).split("\n")[1]           # only what differs is listed
+    r = train(_cfg(tmp_path, max_steps=4), images=_images(n=32), resume=True, progress=False, allow_data_change=True)
+    assert r.step == 4 and "resuming on other data (allow_data_change)" in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_data_identity_still_resumes_and_loads(tmp_path, capsys):
+    """Checkpoints written before data identities were recorded (e.g. runs/fig32): warn once, carry on."""
+    images = _images()
+    first = train(_cfg(tmp_path, max_steps=2), images=images, progress=False, verbose=False)
+    old = ck.load_checkpoint(first.checkpoint)
+    del old["data_identity"]
+    torch.save(old, first.checkpoint)
+    model, _, _ = ck.load_model(first.checkpoint)
+    assert sum(p.numel() for p in model.parameters()) == old["parameters"]
+    r = train(_cfg(tmp_path, max_steps=4), images=images, resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert r.step == 4 and out.count("records no data identity") == 1
+
+
+def test_temp_files_of_killed_writes_are_removed_at_start(tmp_path, capsys):
+    images = _images()
+    train(_cfg(tmp_path, max_steps=2), images=images, progress=False, verbose=False)
+    out = tmp_path / "run"
+    leftovers = [out / ".ckpt_00000004.pt.k2j_9xq1.tmp", out / "samples" / ".latest.png.abcd1234.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"half a file" * 1000)
+    (out / "notes.tmp").write_text("the user's file")           # not ours: kept
+    assert ck.leftover_temp_files(out) == [leftovers[0]]
+    train(_cfg(tmp_path, max_steps=4), images=images, resume=True, progress=False)
+    assert not any(p.exists() for p in leftovers) and (out / "notes.tmp").exists()
+    assert "removed 1 temporary file(s) of interrupted writes" in capsys.readouterr().out
+
+
+def test_outputs_are_created_with_the_users_umask(tmp_path):
+    """mkstemp creates files 0600; outputs must get 0666 minus the umask, like any other file."""
+    old = os.umask(0o022)
+    try:
+        r = train(_cfg(tmp_path, max_steps=2), images=_images(), progress=False, verbose=False)
+        for path in (r.checkpoint, tmp_path / "run" / "metrics.csv"):
+            assert path.stat().st_mode & 0o777 == 0o644, path
+        os.umask(0o002)
+        ck.atomic_save({"step": 1}, tmp_path / "x.pt")
+        assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
+
+
+def test_a_checkpoint_that_cannot_be_written_says_so_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+    ck.atomic_save({"step": 4}, tmp_path / "ckpt_00000004.pt")
+
+    def full_disk(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "atomic_save", full_disk)
+    with pytest.raises(ck.CheckpointWriteError, match=r"ckpt_00000008.pt was not written: No space left on device "
+                                                      r"\(\d+\.\d\d GiB free on .*\); the previous checkpoint, "
+                                                      r".*ckpt_00000004.pt, is intact"):
+        ck.save_checkpoint_file({"step": 8}, tmp_path / "ckpt_00000008.pt")
