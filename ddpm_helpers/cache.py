@@ -30,7 +30,7 @@ import numpy as np
 
 from ._types import PathLike
 from .celeba import DataNotFoundError
-from .checkpoint import atomic_open
+from .checkpoint import atomic_open, free_space
 from .errors import DDPMError
 
 logger = logging.getLogger(__name__)
@@ -274,7 +274,12 @@ def build_cache(paths: Sequence[PathLike], cache_path: PathLike, crop: str, imag
             if not rebuild:
                 raise CacheError(f"{why}\nRebuild it with build_cache(..., rebuild=True) or delete {files['npy']}.")
             logger.warning("rebuilding cache: %s", why)
-        failures = _write_cache(paths, files, wanted, stats, source, split, workers, progress)
+        try:
+            failures = _write_cache(paths, files, wanted, stats, source, split, workers, progress)
+        except OSError as exc:    # no space, permission, read-only: nothing half-written is left (see _write_cache)
+            raise CacheError(f"could not write the cache {files['npy']}: {exc.strerror or exc} "
+                             f"({free_space(files['npy'].parent)}). Free some space or choose another cache "
+                             "folder (DataConfig.cache_dir, --cache-dir).") from exc
     if failures:
         logger.warning("skipped %d of %d images that could not be decoded or are too small (listed in %s), "
                        "e.g. %s: %s", len(failures), len(paths), files["json"], *failures[0])

@@ -93,13 +93,18 @@ def save_checkpoint_file(obj: Any, path: PathLike) -> Path:
     except OSError as e:
         previous = [p for p in list_checkpoints(path.parent) if p != path]
         kept = f"the previous checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
-        try:
-            free = f"{shutil.disk_usage(path.parent).free / 2 ** 30:.2f} GiB free on {path.parent}"
-        except OSError:
-            free = f"free space on {path.parent} unknown"
-        raise CheckpointWriteError(f"checkpoint {path} was not written: {e.strerror or e} ({free}); {kept}. "
+        raise CheckpointWriteError(f"checkpoint {path} was not written: {e.strerror or e} "
+                                   f"({free_space(path.parent)}); {kept}. "
                                    "Free some space (or fix the folder's permissions) and resume with --resume."
                                    ) from e
+
+
+def free_space(folder: PathLike) -> str:
+    """'12.34 GiB free on <folder>', for the messages of failed writes."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2 ** 30:.2f} GiB free on {folder}"
+    except OSError:
+        return f"free space on {folder} unknown"
 
 
 def leftover_temp_files(folder: PathLike) -> List[Path]:

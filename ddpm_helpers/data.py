@@ -125,19 +125,23 @@ def load_image(path: PathLike, crop: str = "ddim_128", image_size: int = 64, cha
 # ---------------------------------------------------------------------------------------------
 # The offline default and the one-call entry point
 # ---------------------------------------------------------------------------------------------
+def _lfw_faces() -> np.ndarray:
+    """The 100 LFW faces of scikit-image as stored: uint8 (100, 25, 25)."""
+    try:
+        from skimage.data import lfw_subset
+    except ImportError as exc:
+        raise ImportError("offline_faces needs scikit-image: pip install scikit-image "
+                          "(or this package's 'offline' extra)") from exc
+    return np.round(lfw_subset()[:100] * 255.0).astype(np.uint8)   # float in [0, 1] → uint8
+
+
 def offline_faces(image_size: int = 32, channels: int = 1) -> np.ndarray:
     """The 100 LFW faces bundled with scikit-image (no download), resized to image_size.
 
     Returns uint8 (100, image_size, image_size, channels); channels=3 replicates the gray channel.
     """
     check_settings("ddim_128", image_size, channels)
-    try:
-        from skimage.data import lfw_subset
-    except ImportError as exc:
-        raise ImportError("offline_faces needs scikit-image: pip install scikit-image "
-                          "(or this package's 'offline' extra)") from exc
-
-    faces = np.round(lfw_subset()[:100] * 255.0).astype(np.uint8)  # (100, 25, 25), float in [0, 1] → uint8
+    faces = _lfw_faces()                                            # (100, 25, 25) uint8
     resized = np.stack([np.asarray(Image.fromarray(f).resize((image_size, image_size), Image.Resampling.BILINEAR))
                         for f in faces])  # (100, S, S)
     return np.repeat(resized[..., None], channels, axis=-1)
@@ -207,7 +211,8 @@ def prepare_training_data(cfg: DataConfig, images: Optional[np.ndarray] = None,
         return TrainingData(faces, f"offline LFW faces (skimage.data.lfw_subset, 25×25 grayscale → {cfg.image_size} "
                             f"px, {cfg.channels} channel{'s' if cfg.channels > 1 else ''}), {len(faces)} images: a "
                             "tiny stand-in because CelebA was not found",
-                            _array_identity(faces, "offline", "offline LFW faces (skimage.data.lfw_subset)"))
+                            {**_array_identity(faces, "offline", "offline LFW faces (skimage.data.lfw_subset)"),
+                             "fingerprint": array_fingerprint(_lfw_faces())})   # the source, not PIL's resize
     paths = list_images(location, cfg.split)
     if cfg.max_images is not None:
         paths = paths[:cfg.max_images]

@@ -444,6 +444,19 @@ def test_images_smaller_than_the_crop_are_skipped_and_reported(tmp_path, six_ima
         build_cache([tiny, small], tmp_path / "bad.npy", "ddim_128", 32, progress=False, workers=1)
 
 
+def test_a_full_disk_while_caching_is_a_clear_error_and_leaves_nothing(tmp_path, six_images, monkeypatch):
+    import errno
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache, "_decode_all", full_disk)
+    with pytest.raises(CacheError, match=r"could not write the cache .*c\.npy: No space left on device \([\d.]+ GiB "
+                                         r"free on .*\)\. Free some space or choose another cache folder"):
+        build_cache(six_images, tmp_path / "c.npy", "ddim_128", 16, progress=False, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.lock"]
+
+
 def test_symlink_loops_among_the_images_are_skipped_with_a_warning(isolated, caplog):
     folder = isolated / "imgs"
     _write_images(folder, names=["a.jpg", "b.jpg"])
