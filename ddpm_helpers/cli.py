@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,prepare,kaggle} ...`` (or ``ddpm ...``).
+"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,figures,prepare,kaggle} ...`` (or ``ddpm ...``).
 
 The one place where flags are declared. Each subcommand is two functions here — ``add_<name>_arguments(parser)``
 declaring its flags, each checked when parsed by a ``type=`` function below, and a thin ``run_<name>(args)``
@@ -332,7 +332,10 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--cache-dir", default=None, help="where the reference images and features are cached")
     p.add_argument("--json", default=None, help="also write the result as JSON here")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of KID's subset draws")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of KID's subset draws and SWD's patches")
+    p.add_argument("--swd-n", type=positive_int, default=None,
+                   help="images per set for SWD (default: all samples, capped by the held-out real images)")
+    p.add_argument("--no-swd", action="store_true", help="skip the sliced Wasserstein distance")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -346,6 +349,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     meta = read_samples_json(args.samples) or {}
     reference = reference_config(meta, root=args.data, split=args.split, crop=args.crop, image_size=args.image_size,
                                  channels=args.channels, n_real=args.n_real, cache_dir=args.cache_dir)
+    swd = None
+    if not args.no_swd:           # needs no download, so it comes first and is printed even when FID cannot run
+        from .swd import swd_of_sample_folder
+        swd = swd_of_sample_folder(args.samples, meta, reference, root=args.data, n=args.swd_n, seed=args.seed)
+        print(swd)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
@@ -356,8 +364,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(result)
     if args.json:
         with atomic_open(args.json, "w") as f:
-            json.dump({**result.as_dict(), "samples": str(args.samples), "checkpoint": meta.get("checkpoint")}, f,
-                      indent=2)
+            json.dump({**result.as_dict(), "samples": str(args.samples), "checkpoint": meta.get("checkpoint"),
+                       "swd": swd.as_dict() if swd is not None else None}, f, indent=2)
     return 0
 
 
@@ -408,12 +416,61 @@ def run_kaggle(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+def figure_parts(text: str) -> Tuple[str, ...]:
+    """A comma-separated subset of figures.PARTS, e.g. 'samples,curves'."""
+    from .figures import PARTS
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not parts or any(p not in PARTS for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated subset of {','.join(PARTS)}")
+    return parts
+
+
+def add_figures_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from .generate import SAMPLERS
+    p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
+    p.add_argument("--out", required=True, help="folder for the figures, figures.json and captions.md")
+    p.add_argument("--prefix", default="", help="put before every file name, e.g. celeba32_")
+    p.add_argument("--n", type=positive_int, default=None, help="samples in the grid (default 64; 16 with --quick)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sample i starts from noise seeded by (seed, i)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="the grid's and SWD's sampler (default ddim)")
+    p.add_argument("--steps", type=positive_int, default=None, help="their DDIM steps (default 50)")
+    p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
+    p.add_argument("--data", default=None, help="CelebA folder, when not where the checkpoint's run found it")
+    p.add_argument("--no-data", action="store_true", help="skip the nearest training images and the SWD")
+    p.add_argument("--swd-n", type=positive_int, default=None,
+                   help="samples scored by SWD (default 500, capped by the held-out images)")
+    p.add_argument("--only", type=figure_parts, default=None,
+                   help="draw only these parts: samples, samplers, reverse, curves, data (comma-separated)")
+    p.add_argument("--trained-on", default=None,
+                   help="the training hardware for the captions, e.g. '2 CPU cores' (checkpoints do not record it)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    p.add_argument("--quick", action="store_true", help="a few images and steps (seconds on a CPU), for tests")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def run_figures(args: argparse.Namespace) -> int:
+    from .figures import PARTS, draw_figures
+    result = draw_figures(args.checkpoint, args.out, prefix=args.prefix, n=args.n, seed=args.seed,
+                          sampler=args.sampler, steps=args.steps, device=args.device, data=not args.no_data,
+                          data_root=args.data, quick=args.quick, swd_n=args.swd_n, ema=args.ema,
+                          trained_on=args.trained_on, parts=args.only or PARTS, progress=not args.quiet)
+    count = sum(len(paths) for paths in result.files.values())
+    print(f"[figures] {count} figure files in {result.out_dir}; facts in {result.json_path.name}, captions in "
+          f"{result.captions_path.name}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # The parser and the error boundary
 # ---------------------------------------------------------------------------------------------
 COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
     ("train", "train a U-Net noise predictor", add_train_arguments, run_train),
     ("sample", "generate images from a checkpoint", add_sample_arguments, run_sample),
-    ("evaluate", "FID/KID of a folder of samples", add_evaluate_arguments, run_evaluate),
+    ("evaluate", "SWD (no download) and FID/KID of a folder of samples", add_evaluate_arguments, run_evaluate),
+    ("figures", "every model-dependent figure of the series from one checkpoint", add_figures_arguments, run_figures),
     ("prepare", "build the preprocessed CelebA cache", add_prepare_arguments, run_prepare),
     ("kaggle", "write/push the Kaggle kernels and the package dataset", add_kaggle_arguments, run_kaggle),
 ]
