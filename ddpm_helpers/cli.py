@@ -64,6 +64,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _number(text, float, "a number")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number >= 0")
+    return value
+
+
 def probability(text: str) -> float:
     """A number in [0, 1) (a decay or a rate)."""
     value = _number(text, float, "a number")
@@ -132,6 +140,9 @@ class Parser(argparse.ArgumentParser):
     """argparse, with a bad flag reported in two lines (the error, and where help is) instead of the whole usage."""
 
     def error(self, message: str):
+        flag = re.match(r"argument (--[\w-]+): expected one argument", message)
+        if flag:   # `--lr -1e-3`: argparse takes a value starting with '-' for a flag
+            message += f" (for a value starting with '-', write {flag.group(1)}=VALUE)"
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n(see: {self.prog} --help)\n")
 
 
@@ -141,7 +152,7 @@ class Parser(argparse.ArgumentParser):
 PATH_FLAGS = ("data", "out", "cache_dir")   # made absolute in the "continue with" command
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="auto", choices=["auto", *TRAIN_PRESETS],
                    help="auto: celeba64 on a GPU with CelebA, cpu-celeba on a CPU with CelebA, else cpu (offline faces)")
     p.add_argument("--data", help="CelebA folder (else $CELEBA_DIR, /kaggle/input, ./data are searched)")
@@ -172,6 +183,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=positive_int)
     p.add_argument("--ema-decay", type=probability)
     p.add_argument("--no-progress", action="store_true")
+    return p
 
 
 def resolve_preset(name: str, data_root: Optional[str] = None) -> str:
@@ -268,7 +280,7 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # sample
 # ---------------------------------------------------------------------------------------------
-def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from .generate import SAMPLERS, VARIANCES
     p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
@@ -284,6 +296,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -312,7 +325,7 @@ def run_sample(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------------
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, help="folder of sample PNGs (from `sample --out-dir`)")
     p.add_argument("--data", default=None, help="CelebA root (default: search $CELEBA_DIR, /kaggle/input, ./data)")
     p.add_argument("--split", default="train", choices=SPLIT_NAMES, help="reference split (default train)")
@@ -336,6 +349,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--swd-n", type=positive_int, default=None,
                    help="images per set for SWD (default: all samples, capped by the held-out real images)")
     p.add_argument("--no-swd", action="store_true", help="skip the sliced Wasserstein distance")
+    return p
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -372,7 +386,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # prepare
 # ---------------------------------------------------------------------------------------------
-def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+def add_prepare_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--data", help="CelebA folder (else searched)")
     p.add_argument("--split", default="train", choices=SPLIT_NAMES)
     p.add_argument("--crop", default="ddim_128", choices=CROP_NAMES)
@@ -380,6 +394,7 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, default=3, choices=[1, 3])
     p.add_argument("--max-images", type=positive_int)
     p.add_argument("--cache-dir")
+    return p
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -396,7 +411,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # kaggle — the flags live here, the work in kaggle.py (engineer B's: add a flag here, use it in kaggle.run_kaggle)
 # ---------------------------------------------------------------------------------------------
-def add_kaggle_arguments(p: argparse.ArgumentParser) -> None:
+def add_kaggle_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--user", default=os.environ.get("KAGGLE_USERNAME"), required="KAGGLE_USERNAME" not in os.environ,
                    help="your Kaggle user name (default: $KAGGLE_USERNAME)")
     p.add_argument("--out", default="build/kaggle", help="where to write the folders (default: build/kaggle)")
@@ -406,12 +421,19 @@ def add_kaggle_arguments(p: argparse.ArgumentParser) -> None:
                    help="upload: the package dataset (waits until it is ready), then the kernels (01-04)")
     p.add_argument("--wait", action="store_true",
                    help="with --push: wait until 04's version has completed, then push 05 (which samples it)")
-    p.add_argument("--poll", type=positive_float, default=60.0, help="seconds between status checks (default: 60)")
+    p.add_argument("--poll", type=non_negative_float, default=60.0, help="seconds between status checks (default: 60)")
     p.add_argument("--message", default="update ddpm_helpers", help="version note for `kaggle datasets version`")
+    return p
 
 
 def run_kaggle(args: argparse.Namespace) -> int:
     from . import kaggle
+    if not (Path(args.repo_root) / "ddpm_helpers" / "__init__.py").is_file():
+        raise ConfigError(f"--repo-root {args.repo_root} does not hold the ddpm_helpers package (no "
+                          "ddpm_helpers/__init__.py): run from the repository root, or point --repo-root there")
+    if not sorted(Path(args.notebooks).glob("*.ipynb")):
+        raise ConfigError(f"--notebooks {args.notebooks}: no notebooks (*.ipynb) there; point it at the "
+                          "repository's notebooks/ folder")
     return kaggle.run_kaggle(args)
 
 
@@ -466,7 +488,7 @@ def run_figures(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # The parser and the error boundary
 # ---------------------------------------------------------------------------------------------
-COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
+COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callable[[argparse.Namespace], int]]] = [
     ("train", "train a U-Net noise predictor", add_train_arguments, run_train),
     ("sample", "generate images from a checkpoint", add_sample_arguments, run_sample),
     ("evaluate", "SWD (no download) and FID/KID of a folder of samples", add_evaluate_arguments, run_evaluate),
@@ -509,7 +531,7 @@ def describe_os_error(e: OSError, args: argparse.Namespace) -> str:
     if e.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied: {name}; choose a folder you can write (--out), or fix its permissions"
     if e.errno == errno.ELOOP:
-        return f"{name}: too many levels of symbolic links (a symlink loop); remove the loop or point the flag elsewhere"
+        return f"{name}: too many levels of symbolic links (a symlink loop); remove the loop, or point --data elsewhere"
     if e.errno == errno.ENOENT:
         return f"no such file or folder: {name}; check the path"
     if e.errno is None:       # raised with a message only, e.g. FileNotFoundError("no notebooks in ...")
