@@ -174,3 +174,16 @@ def test_without_data_the_data_figures_are_skipped_with_a_reason(smoke_run, tmp_
     assert set(missing.skipped) == {"nearest", "swd"} and "not available" in missing.skipped["nearest"]
     with pytest.raises(ValueError, match="unknown figure parts"):
         draw_figures(run, tmp_path, parts=("grid",))
+
+
+def test_the_figures_command_writes_the_grid_and_facts(smoke_run, tmp_path, capsys):
+    from ddpm_helpers.cli import main
+    run, _ = smoke_run
+    code = main(["figures", "--checkpoint", str(run), "--out", str(tmp_path), "--quick", "--only", "samples",
+                 "--no-data", "--seed", "3", "--trained-on", "2 CPU cores", "--quiet"])
+    assert code == 0 and "1 figure files" in capsys.readouterr().out
+    facts = json.loads((tmp_path / "figures.json").read_text())["facts"]
+    assert facts["seed"] == 3 and facts["trained_on"] == "2 CPU cores"
+    with Image.open(tmp_path / "samples.png") as png:
+        png.load()
+    assert main(["figures", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
