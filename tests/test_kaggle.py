@@ -410,15 +410,23 @@ def test_wait_for_times_out():
                         timeout_s=250, sleep=lambda s: None, clock=lambda: next(ticks))
 
 
-def _kaggle_cli(args, config_dir, tmp_path):
-    """Run the real kaggle CLI with dummy credentials and every request sent to a closed local port."""
+def _kaggle_cli(calls, config_dir, tmp_path) -> list[str]:
+    """Run the real kaggle CLI once per argument list (one interpreter, so the test stays fast), with dummy
+    credentials and every request sent to a closed local port; return what each call printed."""
     env = {**os.environ, "KAGGLE_CONFIG_DIR": str(config_dir), "HTTPS_PROXY": "http://127.0.0.1:9",
            "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
     for key in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
         env.pop(key, None)
-    code = "import sys; from kaggle.cli import main; sys.argv = ['kaggle'] + sys.argv[1:]; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120)
+    code = ("import json, sys, traceback\nsys.stderr = sys.stdout\nfrom kaggle.cli import main\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    sys.argv = ['kaggle', *args]\n"
+            "    try:\n        main()\n    except BaseException:\n        traceback.print_exc(file=sys.stdout)\n"
+            "    print('=== END OF CALL ===', flush=True)\n")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(calls)], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    said = result.stdout.split("=== END OF CALL ===")[:-1]
+    assert len(said) == len(calls), result.stdout + result.stderr
+    return said
 
 
 def test_generated_folders_pass_the_real_kaggle_cli_validation(tmp_path):
@@ -430,52 +438,17 @@ def test_generated_folders_pass_the_real_kaggle_cli_validation(tmp_path):
     (config / "kaggle.json").chmod(0o600)
     dataset = kaggle.write_package_dataset(REPO, tmp_path / "build", "alice")
     kernels = kaggle.write_kernel_dirs(REPO / "notebooks", tmp_path / "build" / "kernels", "alice")
-    runs = {"dataset": _kaggle_cli(["datasets", "create", "-p", str(dataset), "--dir-mode", "tar"], config, tmp_path)}
-    runs.update({k.name: _kaggle_cli(["kernels", "push", "-p", str(k)], config, tmp_path) for k in kernels})
-    for name, result in runs.items():
-        said = result.stdout + result.stderr
-        assert "Max retries exceeded" in said, f"{name} failed before the network:\n{said}"
-        assert "api.kaggle.com" in said and ("SaveKernel" in said or "GetDatasetStatus" in said), said
-    # the same check catches a bad folder: a title Kaggle rejects never reaches the network
+    bad = tmp_path / "bad_dataset"
+    bad.mkdir()
     meta = json.loads((dataset / "dataset-metadata.json").read_text())
-    (dataset / "dataset-metadata.json").write_text(json.dumps({**meta, "title": "ddpm"}))
-    said = _kaggle_cli(["datasets", "create", "-p", str(dataset)], config, tmp_path)
-    assert "title must be between 6 and 50 characters" in said.stdout + said.stderr
-
-
-def test_credentials_detection(tmp_path):
-    assert kaggle.kaggle_credentials_found({"KAGGLE_USERNAME": "a", "KAGGLE_KEY": "b"}, home=tmp_path)
-    assert kaggle.kaggle_credentials_found({"KAGGLE_API_TOKEN": "t"}, home=tmp_path)
-    assert not kaggle.kaggle_credentials_found({}, home=tmp_path)
-    (tmp_path / ".kaggle").mkdir()
-    (tmp_path / ".kaggle" / "kaggle.json").write_text("{}")
-    assert kaggle.kaggle_credentials_found({}, home=tmp_path)
-
-
-def test_find_run_checkpoints_under_a_kaggle_input_tree(tmp_path):
-    """A previous version's output is found in both mount schemes; other runs and deep trees are ignored."""
-    from ddpm_helpers.checkpoint import checkpoint_step, find_run_checkpoints
-    old = tmp_path / "my-training" / "celeba64"
-    new = tmp_path / "notebooks" / "me" / "my-training" / "celeba64"
-    for folder, steps in ((old, (1000, 2000)), (new, (3000,)), (tmp_path / "x" / "report64", (9000,))):
-        folder.mkdir(parents=True)
-        for s in steps:
-            (folder / f"ckpt_{s:08d}.pt").write_bytes(b"")
-    (new / "ckpt_latest.pt").write_bytes(b"")
-    found = find_run_checkpoints(tmp_path, "celeba64")
-    assert [checkpoint_step(p) for p in found] == [1000, 2000, 3000]
-    assert find_run_checkpoints(tmp_path, "celeba64", max_depth=2)[-1].parent == old
-
-
-def test_small_training_config_prefers_shared_half_size_celeba(tmp_path):
-    from ddpm_helpers.notebook_setup import setup, small_training_config
-    run = setup(kaggle_input=tmp_path / "none", environ={"CI": "1"}, announce=False)
-    (tmp_path / "celeba_5k_half").mkdir()
-    with_data = small_training_config(run, "04_small", environ={"DDPM_SHARED_DATA": str(tmp_path)})
-    assert with_data.data.root == str(tmp_path / "celeba_5k_half") and with_data.model.in_channels == 3
-    offline = small_training_config(run, "05_small", environ={})
-    assert offline.data.root is None and offline.data.channels == offline.model.out_channels == 1
-    assert with_data.max_steps == offline.max_steps and offline.out_dir.endswith("05_small")
+    (bad / "dataset-metadata.json").write_text(json.dumps({**meta, "title": "ddpm"}))   # a title Kaggle rejects
+    calls = [["datasets", "create", "-p", str(dataset), "--dir-mode", "tar"]]
+    calls += [["kernels", "push", "-p", str(k)] for k in kernels] + [["datasets", "create", "-p", str(bad)]]
+    *good, rejected = _kaggle_cli(calls, config, tmp_path)
+    for args, said in zip(calls, good):
+        assert "Max retries exceeded" in said and "api.kaggle.com" in said, f"{args} failed before the network:\n{said}"
+        assert ("SaveKernel" if args[0] == "kernels" else "GetDatasetStatus") in said, said
+    assert "title must be between 6 and 50 characters" in rejected and "api.kaggle.com" not in rejected
 
 
 # ---------------------------------------------------------------------------------------------
