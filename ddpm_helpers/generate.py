@@ -206,8 +206,8 @@ def read_png(path: PathLike) -> torch.Tensor:
     except (OSError, ValueError, SyntaxError) as e:   # PIL's truncated / unidentified / broken-stream errors
         raise DamagedImageError(f"cannot decode {path}: {e}. If it is a sample, run the same `sample` command "
                                 "again: damaged files are redone.") from None
-    a = np.asarray(im)
-    return torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+    a = np.array(im)                                          # (H, W) or (H, W, 3), a writable copy
+    return torch.from_numpy(a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1)))
 
 
 def png_problem(path: PathLike, shape: Sequence[int]) -> Optional[str]:

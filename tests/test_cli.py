@@ -130,7 +130,8 @@ def _lock_held(monkeypatch, p):
 
 SAMPLE = ["sample", "--checkpoint", "{run}", "--device", "cpu", "--quiet"]
 EVALUATE = ["evaluate", "--samples", "{samples}", "--feature", "simple", "--device", "cpu", "--cache-dir", "{cache}",
-            "--data", "{data}", "--n-real", "8", "--kid-subset-size", "2", "--kid-subsets", "2", "--json", "{out}/m.json"]
+            "--data", "{data}", "--n-real", "8", "--kid-subset-size", "2", "--kid-subsets", "2", "--json", "{out}/m.json",
+            "--no-swd"]
 KAGGLE = ["kaggle", "--user", "alice", "--out", "{out}", "--repo-root", str(REPO), "--notebooks", str(REPO / "notebooks")]
 
 # id, argv, fault, exit code, what the message must name
@@ -194,6 +195,12 @@ CASES = [
     ("evaluate no samples", ["evaluate", "--samples", "{tmp}/none", "--feature", "simple"], None, 2,
      ["--samples", "none"]),
     ("evaluate n-real 0", [*EVALUATE, "--n-real", "0"], None, 2, ["--n-real", "0"]),
+    # figures
+    ("figures no checkpoint", ["figures", "--checkpoint", "{tmp}/none", "--out", "{out}", "--quick"], None, 2,
+     ["none", "does not exist"]),
+    ("figures unknown part", ["figures", "--checkpoint", "{run}", "--out", "{out}", "--only", "faces"], None, 2,
+     ["--only", "faces"]),
+    ("figures n 0", ["figures", "--checkpoint", "{run}", "--out", "{out}", "--n", "0"], None, 2, ["--n", "0"]),
     # prepare
     ("prepare image size 4", ["prepare", "--data", "{data}", "--cache-dir", "{out}", "--image-size", "4"], None, 2,
      ["--image-size", "4"]),
