@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import re
 import shutil
@@ -78,10 +79,22 @@ def atomic_open(path: PathLike, mode: str = "wb"):
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """torch.save through :func:`atomic_open`: a checkpoint file is either complete or absent."""
+    """torch.save through :func:`atomic_open`: a checkpoint file is either complete or absent.
+
+    torch's zip writer reports a failed write (a full disk) as a RuntimeError ("PytorchStreamWriter failed
+    writing file", "[enforce fail at inline_container.cc] unexpected pos"): it is raised as the OSError it is.
+    """
+    path = Path(path)
     with atomic_open(path) as f:
-        torch.save(obj, f)
-    return Path(path)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            if "PytorchStreamWriter" not in str(e) and "inline_container" not in str(e):
+                raise
+            full = shutil.disk_usage(path.parent).free < 16 * 2 ** 20   # the partial file is still there
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from e
+    return path
 
 
 def save_checkpoint_file(obj: Any, path: PathLike) -> Path:

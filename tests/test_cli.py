@@ -77,6 +77,16 @@ def _disk_full(monkeypatch, p):
     monkeypatch.setattr(os, "fsync", fsync)
 
 
+def _torch_writer_fails(monkeypatch, p):
+    """A disk that fills up inside torch.save: its zip writer raises a RuntimeError, not an OSError."""
+    import collections
+
+    def save(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 295744 vs 295632")
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: collections.namedtuple("u", "total used free")(1, 1, 0))
+
+
 def _read_only(monkeypatch, p):
     """A read-only file system, as the atomic writes and the run lock meet it (chmod cannot stop root)."""
     def refuse(*args, **kwargs):
@@ -168,6 +178,9 @@ CASES = [
                           "--max-images", "16"], None, 2, ["other data", "--allow-data-change"]),
     ("train disk full", ["train", *SMOKE, "--data", "{data}", "--cache-dir", "{cache}", "--out", "{run}", "--resume",
                          "--max-steps", "4"], _disk_full, 2, ["No space left on device", "--out"]),
+    ("train disk full in torch.save", ["train", *SMOKE, "--data", "{data}", "--cache-dir", "{cache}", "--out", "{run}",
+                                       "--resume", "--max-steps", "3", "--log-every", "5"], _torch_writer_fails, 2,
+     ["No space left on device", "ckpt_00000003.pt", "ckpt_00000002.pt, is intact"]),
     ("train read-only", ["train", *SMOKE, "--data", "{data}", "--cache-dir", "{cache}", "--out", "{out}"],
      _read_only, 2, ["Read-only file system", "--out"]),
     # sample
