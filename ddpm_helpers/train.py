@@ -5,10 +5,11 @@ One call, ``train(cfg)``, runs the whole job and leaves in ``cfg.out_dir``: ``ck
 ``samples/latest.png``. Under ``torchrun --nproc_per_node N`` the same call trains with
 DistributedDataParallel; only rank 0 writes files.
 
-Exact resume: a checkpoint holds the model, EMA, optimizer, LR schedule, grad scaler, step, epoch,
-the position in the epoch's data order, every RNG state (torch, CUDA, NumPy, Python, and the
-generator that draws t and ε), the config and the fixed sampling noise. Resuming replays the same
-batches, timesteps and noise, so N/2 + resume + N/2 steps equal N steps straight.
+Where things live: this file holds the loop (``Trainer.run``) and its step (``Trainer.train_step``, whose
+loss is diffusion.training_loss); ``build_trainer`` is the one way to set a Trainer up. What a checkpoint
+holds and how a run is put back from one (exact resume: N/2 + resume + N/2 steps equal N steps straight)
+is state.py; device, AMP, torchrun ranks and stop signals are runtime.py; the run-folder lock (one
+training per --out) is runfolder.py; checkpoint files are checkpoint.py.
 
 Host–device syncs: one per step, after backward is queued (the finiteness check of the loss and
 gradient norm that guards against NaN steps), plus the logging reads every ``log_every`` steps.
