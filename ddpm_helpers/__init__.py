@@ -2,8 +2,10 @@
 
 Modules: config (frozen dataclasses, presets), schedule (β and derived terms), diffusion (forward
 process, loss, reverse step, DDPM/DDIM samplers), embeddings (time embedding), unet (the network),
-data (CelebA finding, cache, offline faces), train (loop, EMA, AMP, checkpoints), evaluate
-(FID/KID), plotting (figures). The command line is ``python -m ddpm_helpers``.
+celeba (finding CelebA), cache (the uint8 cache), data (crops, offline faces, batches), train (the loop,
+EMA, AMP), state (checkpoint contents, exact resume), runtime (device, AMP dtype, DDP, signals),
+runfolder (one training per folder), checkpoint (files), evaluate (FID/KID), plotting (figures).
+The command line is ``python -m ddpm_helpers``.
 """
 from .config import DataConfig, DiffusionConfig, TrainConfig, UNetConfig, UNET_PRESETS, unet_preset
 from .diffusion import (Trajectory, ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, forward_step, p_mean,
