@@ -18,7 +18,6 @@ output); 05 lists 04 (it samples 04's model). In the notebook, the first cell fi
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -27,9 +26,9 @@ import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
-PathLike = Union[str, os.PathLike]
+from ._types import PathLike
 
 CELEBA_DATASET = "jessicali9530/celeba-dataset"
 PACKAGE_DATASET_SLUG = "ddpm-helpers-code"
@@ -193,6 +192,8 @@ def push_dataset(api, folder: PathLike, message: str, **wait) -> str:
         api.dataset_status(ref)
         exists = True
     except Exception as exc:  # noqa: BLE001 - the API raises requests' HTTPError; only 404 means "not there yet"
+        if getattr(exc, "response", None) is None:
+            raise KagglePushError(f"cannot reach Kaggle ({type(exc).__name__}: {exc}); check the connection") from exc
         if not _is_not_found(exc):
             raise KagglePushError(f"cannot read the status of dataset {ref}: {exc}") from exc
         exists = False
@@ -263,25 +264,11 @@ def push_all(api, dataset: PathLike, kernels: Sequence[PathLike], message: str, 
 # ---------------------------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------------------------
-def add_kaggle_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of the kaggle subcommand to parser (and return it)."""
-    parser.add_argument("--user", default=os.environ.get("KAGGLE_USERNAME"), required="KAGGLE_USERNAME" not in os.environ,
-                        help="your Kaggle user name (default: $KAGGLE_USERNAME)")
-    parser.add_argument("--out", default="build/kaggle", help="where to write the folders (default: build/kaggle)")
-    parser.add_argument("--notebooks", default="notebooks", help="folder of the notebooks (default: notebooks)")
-    parser.add_argument("--repo-root", default=".", help="repository root holding ddpm_helpers/ (default: .)")
-    parser.add_argument("--push", action="store_true",
-                        help="upload: the package dataset (waits until it is ready), then the kernels (01-04)")
-    parser.add_argument("--wait", action="store_true",
-                        help="with --push: wait until 04's version has completed, then push 05 (which samples it)")
-    parser.add_argument("--poll", type=float, default=60.0, help="seconds between status checks (default: 60)")
-    parser.add_argument("--message", default="update ddpm_helpers", help="version note for `kaggle datasets version`")
-    return parser
-
-
-def run_kaggle(args: argparse.Namespace, api=None) -> int:
-    """Write the dataset and kernel folders; print the kaggle commands, or with --push upload them through the
-    kaggle package's API (api: a KaggleApi, or a stand-in in tests). Returns an exit code."""
+# The flags of `python -m ddpm_helpers kaggle` are declared in cli.py (add_kaggle_arguments), the one command-line
+# module: add a new flag there and read it here from args.
+def run_kaggle(args, api=None) -> int:
+    """Write the dataset and kernel folders (args: the flags of cli.add_kaggle_arguments); print the kaggle
+    commands, or with --push upload them through the kaggle package's API (api: a KaggleApi, or a stand-in in tests). Returns an exit code."""
     out = Path(args.out)
     dataset = write_package_dataset(args.repo_root, out, args.user)
     kernels = write_kernel_dirs(args.notebooks, out / "kernels", args.user)
@@ -310,12 +297,12 @@ def run_kaggle(args: argparse.Namespace, api=None) -> int:
     try:
         push_all(api, dataset, kernels, args.message, wait=args.wait, poll_s=args.poll)
     except (KagglePushError, ValueError) as exc:    # ValueError: the kaggle package's own checks of a folder
-        print(f"Kaggle refused: {exc}")
+        print(f"Upload stopped: {exc}")
         return 1
     except Exception as exc:  # noqa: BLE001 - an HTTP error from the server: show what the server said
         if getattr(exc, "response", None) is None:
             raise
-        print(f"Kaggle refused: {exc}\n{getattr(exc.response, 'text', '')}")
+        print(f"Upload stopped, Kaggle answered: {exc}\n{getattr(exc.response, 'text', '')}")
         return 1
     print(f"\nFollow a run with: kaggle kernels status {args.user}/<slug>; fetch its output with "
           f"kaggle kernels output {args.user}/<slug> -p out/")
@@ -323,8 +310,10 @@ def run_kaggle(args: argparse.Namespace, api=None) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = add_kaggle_arguments(argparse.ArgumentParser(prog="python -m ddpm_helpers.kaggle", description=__doc__.split("\n")[0]))
-    return run_kaggle(parser.parse_args(argv))
+    """``python -m ddpm_helpers.kaggle ...`` = ``python -m ddpm_helpers kaggle ...``."""
+    import sys
+    from .cli import main as cli_main
+    return cli_main(["kaggle", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ddpm_helpers import kaggle, notebook_setup
+from ddpm_helpers import cli, kaggle, notebook_setup
 from ddpm_helpers.notebook_setup import find_package_source, is_small_forced, setup
 
 REPO = Path(__file__).resolve().parent.parent
@@ -276,7 +276,7 @@ def test_gpu_with_only_the_sample_is_small(tmp_path, monkeypatch):
 # The CLI
 # ---------------------------------------------------------------------------------------------
 def _args(tmp_path, *extra):
-    parser = kaggle.add_kaggle_arguments(argparse.ArgumentParser())
+    parser = cli.add_kaggle_arguments(argparse.ArgumentParser())
     return parser.parse_args(["--user", "alice", "--out", str(tmp_path / "build"), "--repo-root", str(REPO),
                               "--notebooks", str(_fake_notebooks(tmp_path / "nbs")), *extra])
 
@@ -347,7 +347,7 @@ class FakeKaggleApi:
 
 
 def _push_args(tmp_path, *extra):
-    parser = kaggle.add_kaggle_arguments(argparse.ArgumentParser())
+    parser = cli.add_kaggle_arguments(argparse.ArgumentParser())
     return parser.parse_args(["--user", "alice", "--out", str(tmp_path / "build"), "--repo-root", str(REPO), "--poll", "0",
                               "--notebooks", str(_fake_notebooks(tmp_path / "nbs", ALL_NOTEBOOKS)), "--push", *extra])
 
@@ -401,6 +401,14 @@ def test_push_fails_when_the_dataset_or_04_fails(tmp_path, capsys):
     assert kaggle.run_kaggle(_push_args(tmp_path, "--wait"), api=api) == 1
     assert "kernel alice/ddpm-04-training ended with status 'error': it broke" in capsys.readouterr().out
     assert ("kernels_push", "ddpm-05-sampling") not in api.calls
+
+
+def test_push_says_when_kaggle_cannot_be_reached(tmp_path, capsys):
+    class Offline(FakeKaggleApi):
+        def dataset_status(self, ref):
+            raise ConnectionError("Max retries exceeded with url: /v1/datasets.DatasetApiService/GetDatasetStatus")
+    assert kaggle.run_kaggle(_push_args(tmp_path), api=Offline()) == 1
+    assert "Upload stopped: cannot reach Kaggle (ConnectionError: Max retries" in capsys.readouterr().out
 
 
 def test_wait_for_times_out():
