@@ -416,3 +416,15 @@ def test_a_checkpoint_that_cannot_be_written_says_so_and_keeps_the_previous_one(
                                                       r"\(\d+\.\d\d GiB free on .*\); the previous checkpoint, "
                                                       r".*ckpt_00000004.pt, is intact"):
         ck.save_checkpoint_file({"step": 8}, tmp_path / "ckpt_00000008.pt")
+
+
+def test_sigterm_outside_the_loop_still_releases_the_lock(tmp_path):
+    """SIGTERM during setup (a cache being built, say) exits through Python, so the lock is released."""
+    from ddpm_helpers.runfolder import RunFolderLock
+    from ddpm_helpers.runtime import sigterm_exits
+    with pytest.raises(SystemExit) as e:
+        with sigterm_exits(), RunFolderLock(tmp_path / "run") as lock:
+            assert lock.path.exists()
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert e.value.code == 128 + signal.SIGTERM and not (tmp_path / "run" / "train.lock").exists()
