@@ -6,8 +6,9 @@ indices; see :mod:`ddpm_helpers.schedule` for the convention (index 0 = the repo
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +61,8 @@ def training_loss(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, t: Op
         t = sample_timesteps(x0.shape[0], schedule.T, x0.device, generator)
     if noise is None:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    eps_pred = model(q_sample(x0, t, noise, schedule), t)
-    return F.mse_loss(eps_pred.float(), noise.float())
+    eps_pred = predict_eps(model, q_sample(x0, t, noise, schedule), t)
+    return F.mse_loss(eps_pred, noise.float())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def p_sample(model: Model, xt: torch.Tensor, t: torch.Tensor, schedule: NoiseSch
     xt: (B, C, H, W); t: (B,) int64; noise: optional z shaped like xt.
     Returns x_{t−1}, or (x_{t−1}, x̂_0) with return_x0.
     """
-    eps = model(xt, t).float()
+    eps = predict_eps(model, xt, t)
     mean = p_mean(xt, t, eps, schedule)
     if noise is None:
         noise = torch.randn(xt.shape, device=xt.device, dtype=xt.dtype, generator=generator)
@@ -104,6 +105,42 @@ def p_sample(model: Model, xt: torch.Tensor, t: torch.Tensor, schedule: NoiseSch
     if return_x0:
         return x_prev, predict_x0(xt, t, eps, schedule)
     return x_prev
+
+
+def predict_eps(model: Model, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """ε_θ(x_t, t) in float32, whatever precision the model was cast to (float32 / bf16 / fp16).
+
+    xt: (B, C, H, W) float32; t: (B,) int64 → (B, C, H, W) float32.
+    """
+    dtype = model_dtype(model)
+    return model(xt.to(dtype) if dtype is not None else xt, t).float()
+
+
+def model_dtype(model: Model) -> Optional[torch.dtype]:
+    """The floating dtype of the model's parameters (None for a plain function)."""
+    for p in _params(model):
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+@contextlib.contextmanager
+def eval_mode(model: Model) -> Iterator[Model]:
+    """Run the body with the model in eval mode, then put every submodule back in the mode it was in.
+
+    The samplers use it, so that a BatchNorm U-Net left in training mode neither normalises with the
+    statistics of the sampling batch (which would make sample i depend on the rest of the batch) nor
+    updates its running statistics while sampling.
+    """
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield model
+    finally:
+        for m, mode in zip(modules, was_training):
+            m.training = mode
 
 
 @dataclass
@@ -161,28 +198,41 @@ def ddpm_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule,
     device = device or next(_params(model), torch.empty(0)).device
     x = _initial_noise(shape, device, generator, noise)
     rec = _Recorder(keep_steps)
-    for i in tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
-        t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-        z = _randn(x.shape, device, generator) if i > 0 else torch.zeros_like(x)
-        x_new, x0 = p_sample(model, x, t, schedule, noise=z, variance=variance, return_x0=True)
-        rec(i, x, x0)
-        x = x_new
+    with eval_mode(model):
+        for i in tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            z = _randn(x.shape, device, generator) if i > 0 else torch.zeros_like(x)
+            x_new, x0 = p_sample(model, x, t, schedule, noise=z, variance=variance, return_x0=True)
+            rec(i, x, x0)
+            x = x_new
     if clip:
         x = x.clamp(-1, 1)
     return (x, rec.result()) if keep_steps is not None else x
 
 
-def ddim_timesteps(T: int, steps: int) -> List[int]:
-    """The evenly spaced sub-sequence τ of DDIM ("linear" skip, Song et al. App. D.2), descending.
+DDIM_SPACINGS = ("uniform", "linspace")
 
-    Always starts at T − 1 and ends at 0, with ``steps`` distinct entries.
+
+def ddim_timesteps(T: int, steps: int, spacing: str = "uniform") -> List[int]:
+    """The sub-sequence τ of timestep indices that DDIM visits, descending (Song et al. 2020, App. D.2).
+
+    spacing="uniform": the DDIM paper's "linear" choice, τ_i = ⌊i · T/S⌋ for i = 0 … S−1 (its code's
+        ``range(0, T, T // S)`` when S divides T): for T = 1000, S = 50 → 980, 960, …, 20, 0. The default,
+        so that FIDs compare with published DDIM CelebA numbers.
+    spacing="linspace": S indices rounded from linspace(0, T − 1, S): 999, 979, 958, …, 0; it starts at
+        the pure-noise end (index T − 1) like DDPM does.
+    Both end at index 0 (the report's last step, t = 1). steps: S with 1 ≤ S ≤ T.
     """
     if not 1 <= steps <= T:
         raise ValueError(f"DDIM steps must be between 1 and T={T}, got {steps}")
-    if steps == 1:
-        return [T - 1]
-    taus = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
-    return sorted(set(taus), reverse=True)
+    if spacing == "uniform":
+        return [(i * T) // steps for i in range(steps)][::-1]
+    if spacing == "linspace":
+        if steps == 1:
+            return [T - 1]
+        taus = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
+        return sorted(set(taus), reverse=True)
+    raise ValueError(f"unknown DDIM spacing {spacing!r}; use one of {DDIM_SPACINGS}")
 
 
 def ddim_step(xt: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, eps: torch.Tensor,
@@ -199,7 +249,7 @@ def ddim_step(xt: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, eps: torc
     ones = torch.ones_like(schedule.alpha_bars[:1])
     ab_all = torch.cat([ones, schedule.alpha_bars])                    # index shift: −1 → 0
     ab_prev = extract(ab_all, t_prev + 1, xt.shape)
-    x0 = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+    x0 = predict_x0(xt, t, eps, schedule)
     if clip_x0:
         x0 = x0.clamp(-1, 1)
         eps = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()                # keep ε consistent with clipped x̂_0
@@ -216,25 +266,25 @@ def ddim_step(xt: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, eps: torc
 def ddim_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0,
                 generator: Optional[torch.Generator] = None, device=None, noise: Optional[torch.Tensor] = None,
                 clip_x0: bool = False, keep_steps: Optional[Iterable[int]] = None, progress: bool = True,
-                clip: bool = True):
-    """DDIM sampling (Song et al. 2020) over ``steps`` evenly spaced timesteps.
+                clip: bool = True, spacing: str = "uniform"):
+    """DDIM sampling (Song et al. 2020) over ``steps`` timesteps chosen by :func:`ddim_timesteps`.
 
-    Same arguments and return value as :func:`ddpm_sample`; keep_steps refers to timestep indices τ_i.
+    Same arguments and return value as :func:`ddpm_sample`; keep_steps refers to timestep indices τ_i;
+    spacing: "uniform" (the DDIM paper's, default) or "linspace".
     """
     device = device or next(_params(model), torch.empty(0)).device
     x = _initial_noise(shape, device, generator, noise)
     rec = _Recorder(keep_steps)
-    taus = ddim_timesteps(schedule.T, steps)
-    for i, tau in enumerate(tqdm(taus, desc=f"DDIM-{len(taus)}", disable=not progress, leave=False)):
-        t = torch.full((shape[0],), tau, device=device, dtype=torch.long)
-        t_prev = torch.full_like(t, taus[i + 1] if i + 1 < len(taus) else -1)
-        eps = model(x, t).float()
-        z = None
-        if eta > 0:
-            z = _randn(x.shape, device, generator)
-        x_new, x0 = ddim_step(x, t, t_prev, eps, schedule, eta=eta, noise=z, clip_x0=clip_x0)
-        rec(tau, x, x0)
-        x = x_new
+    taus = ddim_timesteps(schedule.T, steps, spacing)
+    with eval_mode(model):
+        for i, tau in enumerate(tqdm(taus, desc=f"DDIM-{len(taus)}", disable=not progress, leave=False)):
+            t = torch.full((shape[0],), tau, device=device, dtype=torch.long)
+            t_prev = torch.full_like(t, taus[i + 1] if i + 1 < len(taus) else -1)
+            eps = predict_eps(model, x, t)
+            z = _randn(x.shape, device, generator) if eta > 0 else None
+            x_new, x0 = ddim_step(x, t, t_prev, eps, schedule, eta=eta, noise=z, clip_x0=clip_x0)
+            rec(tau, x, x0)
+            x = x_new
     if clip:
         x = x.clamp(-1, 1)
     return (x, rec.result()) if keep_steps is not None else x

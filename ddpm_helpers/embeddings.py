@@ -32,4 +32,5 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.dim))
+        emb = sinusoidal_embedding(t, self.dim)                        # (B, dim) float32
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))              # a bf16/fp16-cast U-Net gets its dtype

@@ -159,12 +159,28 @@ def test_ddim_eta0_deterministic_given_noise_and_eta1_is_ddpm_posterior():
     torch.testing.assert_close(x_prev, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_ddim_timesteps():
-    assert ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
+def test_ddim_uniform_spacing_is_the_papers_floor_of_i_T_over_S():
+    """Song et al. App. D.2 "linear": τ_i = ⌊i·T/S⌋ → 980, 960, …, 0 for T = 1000, S = 50."""
     taus = ddim_timesteps(1000, 50)
-    assert len(taus) == 50 and taus[0] == 999 and taus[-1] == 0
-    with pytest.raises(ValueError):
+    assert taus == list(range(980, -1, -20))
+    assert ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
+    assert ddim_timesteps(1000, 3) == [666, 333, 0]            # ⌊2000/3⌋, ⌊1000/3⌋, 0
+    assert ddim_timesteps(1000, 1) == [0]
+
+
+def test_ddim_linspace_spacing_starts_at_pure_noise_and_rounds():
+    taus = ddim_timesteps(1000, 50, spacing="linspace")
+    assert taus[:4] == [999, 979, 958, 938] and taus[-1] == 0 and len(taus) == 50
+    assert ddim_timesteps(1000, 1, spacing="linspace") == [999]
+
+
+def test_ddim_timesteps_refuses_bad_counts_and_spacings():
+    with pytest.raises(ValueError, match="between 1 and T=10"):
         ddim_timesteps(10, 11)
+    with pytest.raises(ValueError, match="between 1 and T=10"):
+        ddim_timesteps(10, 0)
+    with pytest.raises(ValueError, match="unknown DDIM spacing 'quadratic'"):
+        ddim_timesteps(10, 5, spacing="quadratic")
 
 
 def test_training_loss_is_mse_of_the_noise():
@@ -195,3 +211,75 @@ def test_tiny_unet_learns_on_a_handful_of_images():
         losses.append(loss.item())
     first, last = sum(losses[:20]) / 20, sum(losses[-50:]) / 50
     assert last < 0.5 * first, (first, last)
+
+
+def _batchnorm_unet():
+    from ddpm_helpers.unet import build_unet
+    torch.manual_seed(0)
+    return build_unet("tiny", norm="batch", in_channels=1, out_channels=1)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_put_the_model_in_eval_mode_and_restore_every_module(sampler):
+    """A BatchNorm U-Net left in training mode: sample i must not depend on the rest of the batch,
+    running statistics must not move, and each module's mode is given back afterwards."""
+    model = _batchnorm_unet().train()
+    model.attn.eval()                                     # a mixed state to give back exactly
+    modes = [m.training for m in model.modules()]
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    s = NoiseSchedule.linear(20)
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    run = (lambda x: ddpm_sample(model, x.shape, s, noise=x, generator=torch.Generator().manual_seed(2), progress=False)) \
+        if sampler == "ddpm" else (lambda x: ddim_sample(model, x.shape, s, steps=5, noise=x, progress=False))
+    together = run(noise)
+    if sampler == "ddim":                                 # deterministic: sample 0 alone must be the same
+        torch.testing.assert_close(run(noise[:1]), together[:1], atol=1e-5, rtol=1e-5)
+    assert [m.training for m in model.modules()] == modes
+    for k, v in stats.items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_eval_mode_gives_the_modes_back_after_an_error():
+    from ddpm_helpers.diffusion import eval_mode
+    model = _batchnorm_unet().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            assert not any(m.training for m in model.modules())
+            raise RuntimeError("boom")
+    assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_unet_cast_to_half_precision_runs_and_samples(dtype):
+    """model.to(bf16) must work end to end: the float32 time embedding and the float32 sampler state are
+    cast to the model's dtype, and its prediction stays close to the float32 model's."""
+    from ddpm_helpers.unet import build_unet
+    torch.manual_seed(0)
+    model = build_unet("tiny", in_channels=1, out_channels=1).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 17])
+    with torch.no_grad():
+        ref = model(x, t)
+        half = model.to(dtype)
+        out = half(x.to(dtype), t)
+    assert out.dtype == dtype
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    sample = ddim_sample(half, (2, 1, 8, 8), NoiseSchedule.linear(20), steps=4,
+                         generator=torch.Generator().manual_seed(0), progress=False)
+    assert sample.dtype == torch.float32 and torch.isfinite(sample).all()
+
+
+def test_chain_moments_agree_with_the_closed_form_and_catch_a_wrong_step():
+    """Many single-step chains from one x_0: slope √ᾱ_t and variance 1 − ᾱ_t within sampling noise; a chain that uses
+    α_t in place of √α_t (a classic slip) is dozens of standard errors off."""
+    from ddpm_helpers.stats import chain_moments
+    s = NoiseSchedule.linear(100, 1e-3, 0.1)
+    x0 = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    good = chain_moments(x0, s, n_chains=2000, every=10, generator=torch.Generator().manual_seed(1))
+    assert good.steps == [0, 9, 19, 29, 39, 49, 59, 69, 79, 89, 99]
+    assert max(good.worst_z.values()) < 5.5
+    torch.testing.assert_close(torch.tensor(good.slope), s.sqrt_alpha_bars[good.steps], atol=0.05, rtol=0)
+    wrong = NoiseSchedule(s.betas.clone())
+    wrong.betas = 1 - (1 - s.betas) ** 2                 # forward_step would now use √(1−β') = α_t: the slip
+    bad = chain_moments(x0, wrong, n_chains=2000, every=10, generator=torch.Generator().manual_seed(1))
+    bad_slopes = torch.tensor(bad.slope)
+    assert (bad_slopes - s.sqrt_alpha_bars[bad.steps]).abs().max() > 0.1   # measured against the true closed form

@@ -60,6 +60,18 @@ def test_forbidden_patterns_catch_what_they_should():
     assert not any(p.search(src) for src in good for p in FORBIDDEN.values())
 
 
+MAX_CELL_LINES = 25   # a code cell is calls, prints, pictures and asserts; anything longer belongs in the package
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_code_cell_is_short(path):
+    """The first cell (the identical bootstrap, checked below) is exempt."""
+    long = {i: n for i, cell in enumerate(_code_cells(_read(path))[1:], 1)
+            if (n := sum(1 for line in cell.source.splitlines() if line.strip())) > MAX_CELL_LINES}
+    assert not long, (f"{path.name}: code cells {long} (index: non-blank lines) are longer than {MAX_CELL_LINES} lines; "
+                      f"move the logic into a tested ddpm_helpers function and call it")
+
+
 def test_first_code_cell_is_identical_and_calls_setup():
     firsts = {path.name: _code_cells(_read(path))[0].source for path in NOTEBOOKS}
     reference = next(iter(firsts.values()))
