@@ -136,6 +136,8 @@ class RunFolderLock:
             return True
         if holder.get("host") != socket.gethostname():
             return False
+        if holder["pid"] == os.getpid():   # our own pid: this process releases its lock on exit, so the lock
+            return True                    # is a dead process's whose pid came back (containers reuse low pids)
         return not _pid_alive(int(holder["pid"]))
 
     @staticmethod

@@ -311,6 +311,8 @@ def test_a_locked_run_folder_refuses_a_second_training_and_a_stale_lock_is_taken
     r = train(_cfg(tmp_path, max_steps=2), images=images, progress=False)
     assert r.step == 2 and "no longer running: taking it over" in capsys.readouterr().out
     assert not (out / "train.lock").exists()                   # released at the end
+    _write_lock(out, os.getpid(), socket.gethostname())       # our own pid, reused after a container restart
+    assert train(_cfg(tmp_path, max_steps=3), images=images, resume=True, progress=False, verbose=False).step == 3
     _write_lock(out, 1, "another-machine")                    # cannot be checked from here: never taken over
     with pytest.raises(RunFolderBusyError, match="another-machine.*delete"):
         train(_cfg(tmp_path, max_steps=4), images=images, resume=True, progress=False, verbose=False)
