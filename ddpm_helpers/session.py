@@ -38,7 +38,8 @@ from ._types import PathLike
 
 LOG_TAIL_LINES = 40
 # Fields that do not change what a run learns: a checkpoint that differs only in these is the same model.
-IGNORED_FIELDS = ("out_dir", "time_budget", "amp", "num_threads", "checkpoint_every", "log_every", "sample_every")
+IGNORED_FIELDS = ("out_dir", "time_budget", "amp", "num_threads", "checkpoint_every", "log_every", "sample_every",
+                  "data.cache_dir")
 
 
 @dataclass(frozen=True)
@@ -219,10 +220,24 @@ def run_training(cfg, run, resume=None, preset: Optional[str] = None, budget_fro
 # ---------------------------------------------------------------------------------------------
 # The model notebook 05 samples from
 # ---------------------------------------------------------------------------------------------
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"data": {"cache_dir": x}} → {"data.cache_dir": x}."""
+    out = {}
+    for key, value in d.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def setup_differences(a, b, ignored: Sequence[str] = IGNORED_FIELDS) -> list[str]:
+    """The fields (dotted: "data.image_size") in which two TrainConfigs differ, apart from those in ignored."""
+    fa, fb = _flat(config_to_dict(a)), _flat(config_to_dict(b))
+    return sorted(k for k in set(fa) | set(fb) if k not in ignored and fa.get(k) != fb.get(k))
+
+
 def same_setup(a, b, ignored: Sequence[str] = IGNORED_FIELDS) -> bool:
-    """Whether two TrainConfigs train the same model, apart from fields in ignored (out_dir, time budget, ...)."""
-    keep = lambda cfg: {k: v for k, v in config_to_dict(cfg).items() if k not in ignored}  # noqa: E731
-    return keep(a) == keep(b)
+    """Whether two TrainConfigs train the same model, apart from fields in ignored (where files go, time budget,
+    logging cadence, the cache's folder)."""
+    return not setup_differences(a, b, ignored)
 
 
 def sampling_candidates(run, run_name: str, kaggle_input: Optional[PathLike] = None) -> list[Path]:
@@ -248,9 +263,10 @@ def find_model_for_sampling(run, run_name: str, expected=None, kaggle_input: Opt
         except (CheckpointError, OSError) as err:
             print(f"cannot use {path}: {err}")
             continue
-        if expected is None or same_setup(saved, expected):
+        differences = [] if expected is None else setup_differences(saved, expected)
+        if not differences:
             return SamplingModel(path, model, schedule, saved, trained_here=False)
-        print(f"skipping {path}: trained with another configuration")
+        print(f"skipping {path}: trained with another configuration ({', '.join(differences)})")
     return None
 
 

@@ -158,7 +158,10 @@ def test_find_model_for_sampling_takes_04s_checkpoint(tmp_path, small_checkpoint
     assert found is not None and not found.trained_here and checkpoint_step(found.checkpoint) == 2
     assert session.weights_fingerprint(found.model) == session.weights_fingerprint(load_model(checkpoint)[0])
     assert not found.model.training
-    other = dataclasses.replace(cfg, lr=cfg.lr * 2)
+    moved = dataclasses.replace(cfg, out_dir="/elsewhere", data=dataclasses.replace(cfg.data, cache_dir="/kaggle/x"))
+    assert session.find_model_for_sampling(run, "04_small", expected=moved, kaggle_input=kin) is not None
+    other = dataclasses.replace(cfg, lr=cfg.lr * 2, data=dataclasses.replace(cfg.data, image_size=32))
+    assert session.setup_differences(load_model(checkpoint)[2], other) == ["data.image_size", "lr"]
     assert session.find_model_for_sampling(run, "04_small", expected=other, kaggle_input=kin) is None
 
 
