@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -185,10 +186,27 @@ def _decode_all(paths: list[str], out: np.ndarray, crop: str, image_size: int, c
     return written, failures
 
 
+def reserve_blocks(path: Path) -> None:
+    """Allocate a new memmap file's disk blocks now. open_memmap makes a sparse file, and a write into it on a
+    full disk kills the process with SIGBUS (its decoding workers then hang); posix_fallocate fails cleanly
+    with ENOSPC instead. File systems without fallocate keep the sparse file."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
 def _compact(tmp_npy: Path, packed_path: Path, count: int) -> None:
     """Shrink a .npy to its first count rows (when some images were skipped), by copying through packed_path."""
     full = np.load(tmp_npy, mmap_mode="r")
     packed = np.lib.format.open_memmap(packed_path, mode="w+", dtype=np.uint8, shape=(count,) + full.shape[1:])
+    reserve_blocks(packed_path)
     for i in range(0, count, 4096):
         packed[i:i + 4096] = full[i:min(count, i + 4096)]
     packed.flush()
@@ -295,6 +313,7 @@ def _write_cache(paths: list[str], files: dict[str, Path], wanted: dict, stats: 
     shape = (len(paths), image_size, image_size, channels)
     out = np.lib.format.open_memmap(files["tmp_npy"], mode="w+", dtype=np.uint8, shape=shape)
     try:
+        reserve_blocks(files["tmp_npy"])
         count, failures = _decode_all(paths, out, crop, image_size, channels, workers or os.cpu_count() or 1,
                                       progress, desc=f"caching {files['npy'].name}")
         out.flush()
