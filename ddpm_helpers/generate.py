@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_open
 from .runtime import default_device  # the package's one device choice (figures imports it from here)
-from .diffusion import ddim_sample, ddpm_sample
+from .diffusion import ddim_sample, ddpm_sample, eval_mode
 from .schedule import NoiseSchedule
 from .errors import ConfigError, DDPMError
 
@@ -118,22 +118,6 @@ def sample_batch(model: nn.Module, schedule: NoiseSchedule, start: int, count: i
     return x.float().cpu()
 
 
-class _EvalMode:
-    """Context manager: the model in eval mode inside, its previous mode restored after."""
-
-    def __init__(self, model):
-        self.model, self.was_training = model, getattr(model, "training", False)
-
-    def __enter__(self):
-        if hasattr(self.model, "eval"):
-            self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        if hasattr(self.model, "train"):
-            self.model.train(self.was_training)
-
-
 def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: str = "ddim", steps: int = 50,
              eta: float = 0.0, variance: str = "beta", batch_size: int = 64, seed: int = 0, device=None,
              image_size: Optional[int] = None, channels: Optional[int] = None, progress: bool = True,
@@ -154,7 +138,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: str = "
         model.to(device)
     schedule = schedule.to(device)
     out = torch.empty(n, *shape)
-    with _EvalMode(model):
+    with eval_mode(model):
         bar = tqdm(total=n, desc=f"{sampler.upper()} samples", unit="img", disable=not progress)
         for lo in range(0, n, batch_size):
             count = min(batch_size, n - lo)
@@ -348,7 +332,7 @@ def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, 
         model.to(device)
     schedule = schedule.to(device)
     todo = set(missing)
-    with _EvalMode(model):
+    with eval_mode(model):
         bar = tqdm(total=len(missing), desc=f"{sampler.upper()} → {out_dir.name}", unit="img", disable=not progress)
         for k in batches:
             lo, hi = k * batch_size, min((k + 1) * batch_size, n)
