@@ -154,7 +154,8 @@ PATH_FLAGS = ("data", "out", "cache_dir")   # made absolute in the "continue wit
 
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="auto", choices=["auto", *TRAIN_PRESETS],
-                   help="auto: celeba64 on a GPU with CelebA, cpu-celeba on a CPU with CelebA, else cpu (offline faces)")
+                   help="auto: celeba64 on a GPU with CelebA, cpu-celeba on a CPU with CelebA, else cpu "
+                        "(offline faces)")
     p.add_argument("--data", help="CelebA folder (else $CELEBA_DIR, /kaggle/input, ./data are searched)")
     p.add_argument("--out", help="run folder for checkpoints, samples, metrics")
     p.add_argument("--image-size", type=positive_int, help="pixels; a multiple of 2**depth of the U-Net")
@@ -332,7 +333,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--crop", default=None, choices=CROP_NAMES,
                    help="reference crop (default: the samples' training crop, else ddim_128)")
     p.add_argument("--image-size", type=positive_int, default=None, help="reference size (default: the samples')")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="reference channels (default: the samples')")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="reference channels (default: the samples')")
     p.add_argument("--n-real", type=positive_int, default=10_000,
                    help="reference images, the split's first N (default 10000)")
     p.add_argument("--n-fake", type=positive_int, default=None, help="use only the first N samples (default: all)")

@@ -150,9 +150,10 @@ def _lock_held(monkeypatch, p):
 
 SAMPLE = ["sample", "--checkpoint", "{run}", "--device", "cpu", "--quiet"]
 EVALUATE = ["evaluate", "--samples", "{samples}", "--feature", "simple", "--device", "cpu", "--cache-dir", "{cache}",
-            "--data", "{data}", "--n-real", "8", "--kid-subset-size", "2", "--kid-subsets", "2", "--json", "{out}/m.json",
-            "--no-swd"]
-KAGGLE = ["kaggle", "--user", "alice", "--out", "{out}", "--repo-root", str(REPO), "--notebooks", str(REPO / "notebooks")]
+            "--data", "{data}", "--n-real", "8", "--kid-subset-size", "2", "--kid-subsets", "2",
+            "--json", "{out}/m.json", "--no-swd"]
+KAGGLE = ["kaggle", "--user", "alice", "--out", "{out}", "--repo-root", str(REPO),
+          "--notebooks", str(REPO / "notebooks")]
 
 # id, argv, fault, exit code, what the message must name
 CASES = [
@@ -166,7 +167,8 @@ CASES = [
     ("train log every 0", ["train", *SMOKE, "--out", "{out}", "--log-every", "0"], None, 2, ["--log-every"]),
     ("train max images 0", ["train", *SMOKE, "--out", "{out}", "--max-images", "0"], None, 2, ["--max-images"]),
     ("train max steps -5", ["train", *SMOKE, "--out", "{out}", "--max-steps", "-5"], None, 2, ["--max-steps", "-5"]),
-    ("train ema decay 1.5", ["train", *SMOKE, "--out", "{out}", "--ema-decay", "1.5"], None, 2, ["--ema-decay", "[0, 1)"]),
+    ("train ema decay 1.5", ["train", *SMOKE, "--out", "{out}", "--ema-decay", "1.5"], None, 2,
+     ["--ema-decay", "[0, 1)"]),
     ("train device tpu", ["train", *SMOKE[:2], "--out", "{out}", "--device", "tpu"], None, 2, ["--device", "tpu"]),
     ("train unknown crop", ["train", *SMOKE, "--out", "{out}", "--crop", "square"], None, 2, ["--crop", "square"]),
     # train: checked when the config is built, before any file is written
@@ -307,7 +309,8 @@ def test_ctrl_c_exits_130(paths, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(generate, "sample_from_checkpoint", interrupted)
-    assert _run(["sample", "--checkpoint", paths["run"], "--out", paths["out"] / "g.png"], capsys) == (130, "interrupted\n")
+    argv = ["sample", "--checkpoint", paths["run"], "--out", paths["out"] / "g.png"]
+    assert _run(argv, capsys) == (130, "interrupted\n")
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into a read-only folder anyway")
