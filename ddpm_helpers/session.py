@@ -30,11 +30,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ._types import PathLike
 from .checkpoint import (CheckpointError, checkpoint_step, config_to_dict, find_run_checkpoints, latest_checkpoint,
                          load_model)
 from .train import TrainingError
-
-from ._types import PathLike
 
 LOG_TAIL_LINES = 40
 # Fields that do not change what a run learns: a checkpoint that differs only in these is the same model.
