@@ -388,3 +388,39 @@ def test_python_m_bad_flag_and_missing_checkpoint(tmp_path):
     assert missing.returncode == 2 and missing.stderr.strip() == f"error: no checkpoint at {tmp_path / 'none.pt'}: " \
                                                                  "the path does not exist"
     assert not (tmp_path / "out").exists() and not (tmp_path / "g.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The configs check themselves, for Python users too
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("build, says", [
+    (lambda c: c.train_preset("cpu", ema_decay=1.0), r"ema_decay \(--ema-decay\) is 1.0: must be in \[0, 1\)"),
+    (lambda c: c.train_preset("cpu", lr=float("inf")), r"lr \(--lr\) is inf"),
+    (lambda c: c.train_preset("cpu", batch_size=0), r"batch_size \(--batch-size\) is 0"),
+    (lambda c: c.train_preset("cpu", max_steps=-5), r"max_steps \(--max-steps\) is -5"),
+    (lambda c: c.train_preset("cpu", log_every=0), r"log_every \(--log-every\) is 0"),
+    (lambda c: c.train_preset("cpu", time_budget=float("nan")), r"time_budget \(--time-budget\) is nan"),
+    (lambda c: c.train_preset("celeba64", data=c.DataConfig(image_size=72)), r"72: .*depth=4.*64 or 80"),
+    (lambda c: c.train_preset("cpu", data=c.DataConfig(channels=3)), r"U-Net takes 1"),
+    (lambda c: c.DataConfig(crop="square"), r"crop \(--crop\) is 'square'.*ddim_128"),
+    (lambda c: c.DataConfig(max_images=0), r"max_images \(--max-images\) is 0"),
+    (lambda c: c.DataConfig(image_size=4), r"image_size \(--image-size\) is 4: must be an integer >= 8"),
+    (lambda c: c.DiffusionConfig(timesteps=1), r"timesteps is 1: must be an integer >= 2"),
+    (lambda c: c.DiffusionConfig(beta_start=0.02, beta_end=1e-4), r"beta_start <= beta_end"),
+    (lambda c: c.DiffusionConfig(schedule="quadratic"), r"schedule is 'quadratic'.*linear, cosine"),
+    (lambda c: c.UNetConfig(norm="layer"), r"norm is 'layer'.*batch, group"),
+    (lambda c: c.UNetConfig(act="gelu"), r"act is 'gelu'.*relu, silu"),
+    (lambda c: c.UNetConfig(norm="group", groups=5), r"groups is 5.*GroupNorm"),
+])
+def test_a_config_out_of_range_is_refused_when_built(build, says):
+    from ddpm_helpers import config
+    with pytest.raises(config.ConfigError, match=says):
+        build(config)
+
+
+def test_every_preset_is_valid_and_survives_a_checkpoint_round_trip():
+    from ddpm_helpers import config
+    from ddpm_helpers.checkpoint import config_from_dict, config_to_dict
+    for name, cfg in config.TRAIN_PRESETS.items():
+        assert config_from_dict(config_to_dict(cfg)) == cfg, name
+    assert config.nearest_image_sizes(30, 4) == (16, 32) and config.nearest_image_sizes(5, 3) == (8,)
