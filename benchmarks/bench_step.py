@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -250,6 +251,11 @@ def best_text(rows: List[Dict[str, Any]], ref: float, ref_kind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(op: str) -> str:
+    """Inductor's '## Call CompiledFxGraph <hash> ##' as 'compiled graph' (the hash says nothing to a reader)."""
+    return re.sub(r"## Call CompiledFxGraph \w+ ##", "compiled graph", op)
+
+
 def profile_text(rows: List[Dict[str, Any]]) -> str:
     lines = []
     for r in rows:
@@ -259,7 +265,7 @@ def profile_text(rows: List[Dict[str, Any]]) -> str:
         busy = f"; kernels busy {100 * p['busy']:.0f} % of the {p['step_ms']:.1f} ms step" if "busy" in p else ""
         lines.append(f"Profile, {r['preset']} batch {r['batch']}, {r['change']}: {p['clock']} "
                      f"{p['total_ms']:.1f} ms per step{busy}.\n")
-        lines.append("- top: " + "; ".join(f"`{t['op']}` {100 * t['share']:.0f} %" for t in p["top"]))
+        lines.append("- top: " + "; ".join(f"`{_short(t['op'])}` {100 * t['share']:.0f} %" for t in p["top"]))
         lines.append("- by kind: " + "; ".join(f"{k} {100 * v:.0f} %" for k, v in p["kinds"].items() if v >= 0.005))
         lines.append("")
     return "\n".join(lines)

@@ -99,7 +99,8 @@ want sampling && run_stage "sampling: 10,000 DDIM-50 samples, eager vs CUDA grap
     echo; echo "## Stages"; echo; echo "| stage | took | limit | status |"; echo "| --- | ---: | ---: | --- |"
     cat "$RES/stages.md" 2>/dev/null
     echo; echo "## GPU paths (PASS/FAIL)"; echo
-    cat "$RES/paths/paths.md" "$RES/paths_compile/paths.md" 2>/dev/null || echo "(not run)"
+    for f in "$RES/paths/paths.md" "$RES/paths_compile/paths.md"; do [ -f "$f" ] && { cat "$f"; echo; }; done
+    [ -f "$RES/paths/paths.md" ] || [ -f "$RES/paths_compile/paths.md" ] || echo "(not run)"
     echo; echo "## Training step per preset and change"; echo
     $PY benchmarks/bench_step.py --report "$RES/step_eager.json" "$RES/step_compile.json" 2>&1 || echo "(no step rows)"
     echo; echo "## Sampling"; echo

@@ -97,7 +97,7 @@ def bench_step_rates(paths: List[str]) -> Dict[str, Any]:
     env = runs[0]["env"]
     peaks = runs[0]["peaks"]
     return {"rates": rates, "peak": peaks.get("fp16") or peaks.get("bf16") or next(iter(peaks.values())),
-            "card": env.get("gpu") or "this card", "label": f"from {', '.join(paths)} ({env['date'][:10]})"}
+            "card": env.get("gpu") or "CPU (dry run)", "label": f"from {', '.join(paths)} ({env['date'][:10]})"}
 
 
 def ddp_efficiency(params: int, images_per_s_one: float, global_batch: int, gbs: float, overlap: float,
@@ -139,7 +139,7 @@ def markdown(rows: List[Dict[str, Any]], source: Dict[str, Any], args) -> str:
              for r in rows]
     head = (f"**Kaggle T4×2 estimate ({source['label']}).** One T4 = {args.t4_peak_tflops:g} TFLOP/s fp16 "
             f"tensor peak × {args.t4_efficiency:g} assumed sustained = {args.t4_peak_tflops * args.t4_efficiency:.0f} "
-            f"TFLOP/s, against the {source['card']}'s measured {source['peak'] / 1e12:.0f} TFLOP/s: × {ratio:.4f}. "
+            f"TFLOP/s, against the measured {source['card']}'s {source['peak'] / 1e12:.0f} TFLOP/s: × {ratio:.4f}. "
             f"DDP: fp32 gradients all-reduced at {args.allreduce_gbs:g} GB/s, {100 * args.overlap:.0f} % hidden "
             f"behind backward. {args.session_hours:g} h of training per 12-hour session; CelebA train split "
             f"{CELEBA_TRAIN:,} images.\n\n")
