@@ -368,8 +368,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     swd = None
     if not args.no_swd:           # needs no download, so it comes first and is printed even when FID cannot run
         from .swd import swd_of_sample_folder
-        swd = swd_of_sample_folder(args.samples, meta, reference, root=args.data, n=args.swd_n, seed=args.seed)
-        print(swd)
+        try:
+            swd = swd_of_sample_folder(args.samples, meta, reference, root=args.data, n=args.swd_n, seed=args.seed)
+            print(swd)
+        except DDPMError as e:    # e.g. no held-out images: FID and KID can still run
+            print(f"note: no SWD: {e} (--no-swd skips it)", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)

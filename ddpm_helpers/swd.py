@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 7              # the paper's 7×7 neighbourhoods
@@ -244,7 +246,7 @@ def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = Fals
 
     The valid split when a partition file gives one; else, for a run limited to the first max_images images of
     its split, the images of the split after them. Raises data.DataNotFoundError when CelebA is not found,
-    and ValueError when the run used every image (nothing is held out).
+    and errors.ConfigError when the run used every image (nothing is held out).
     """
     from .data import build_cache, cache_name, default_cache_dir, find_celeba, list_images, load_cache
     location = find_celeba(data_cfg.root, kaggle_input)
@@ -258,7 +260,7 @@ def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = Fals
         what = (f"CelebA {split} images {data_cfg.max_images + 1:,}–{data_cfg.max_images + len(paths):,} "
                 f"(the run trained on the first {data_cfg.max_images:,})")
     if not paths:
-        raise ValueError(f"the run trained on every image of {location.image_dir} (split {data_cfg.split!r}, no "
+        raise ConfigError(f"the run trained on every image of {location.image_dir} (split {data_cfg.split!r}, no "
                          "max_images) and no valid split exists: no held-out images to compare with")
     tag = f"{split}_heldout_after{data_cfg.max_images}" if split == data_cfg.split else split
     cache_dir = default_cache_dir() if data_cfg.cache_dir is None else Path(data_cfg.cache_dir).expanduser()
@@ -309,7 +311,7 @@ def swd_of_sample_folder(samples, meta: Dict[str, Any], reference_cfg, root: Opt
     real, desc = prepare_images(reference_cfg, progress=False)
     m = min(n or n_fake, n_fake, len(real) // 2)
     if m < 2:
-        raise ValueError(f"SWD needs at least 4 reference images (two sets of 2), got {len(real)}")
+        raise ConfigError(f"SWD needs at least 4 reference images (two sets of 2), got {len(real)}")
     return swd_report(samples, real[:m], real[m:2 * m], reference=f"images 1–{m:,} of {desc} (not known to be held "
                       "out: samples.json names no checkpoint here)", comparison=f"images {m + 1:,}–{2 * m:,} of the "
                       "same set", seed=seed, n=m)
