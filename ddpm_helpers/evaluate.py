@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from .errors import DDPMError
+from .errors import ConfigError, DDPMError
 from .runtime import default_device
 
 from ._types import PathLike
@@ -386,11 +386,12 @@ def compute_metrics(fake: Union[Images, ImageSource], real: Union[Images, ImageS
     """
     fake_src, real_src = as_image_source(fake), as_image_source(real)
     if tuple(fake_src.shape) != tuple(real_src.shape):                  # (C, H, W) of each set
-        raise ValueError(f"generated images are {_shape_text(fake_src.shape)} but the reference images are "
-                         f"{_shape_text(real_src.shape)}: prepare the reference with the training crop, size and "
-                         "channels")
+        raise ConfigError(f"generated images are {_shape_text(fake_src.shape)} but the reference images are "
+                          f"{_shape_text(real_src.shape)}: prepare the reference with the training crop, size and "
+                          "channels (--crop, --image-size, --channels, or leave them to samples.json)")
     if min(fake_src.n, real_src.n) < 2:
-        raise ValueError(f"need at least 2 images on each side, got {fake_src.n} generated and {real_src.n} real")
+        raise ConfigError(f"need at least 2 images on each side, got {fake_src.n} generated and {real_src.n} real "
+                          "(--n-fake, --n-real)")
     extractor = build_extractor(feature, inception_weights)
     real_f = reference_features(real_src, extractor, reference_cache, reference, batch_size, device, progress)
     fake_f = extract_features(fake_src, extractor, batch_size, device, progress, desc="sample features")

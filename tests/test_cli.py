@@ -220,6 +220,8 @@ CASES = [
     ("evaluate no samples", ["evaluate", "--samples", "{tmp}/none", "--feature", "simple"], None, 2,
      ["--samples", "none"]),
     ("evaluate n-real 0", [*EVALUATE, "--n-real", "0"], None, 2, ["--n-real", "0"]),
+    ("evaluate other size", [*EVALUATE, "--image-size", "8"], None, 2, ["16×16 px", "8×8 px", "--image-size"]),
+    ("evaluate one sample", [*EVALUATE, "--n-fake", "1"], None, 2, ["1 generated", "--n-fake"]),
     # figures
     ("figures no checkpoint", ["figures", "--checkpoint", "{tmp}/none", "--out", "{out}", "--quick"], None, 2,
      ["none", "does not exist"]),
