@@ -282,6 +282,7 @@ def run_train(args: argparse.Namespace) -> int:
 # sample
 # ---------------------------------------------------------------------------------------------
 def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from .fast_sampling import MODES as FAST_MODES
     from .generate import SAMPLERS, VARIANCES
     p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
@@ -294,6 +295,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write one grid PNG here")
     p.add_argument("--out-dir", default=None, help="write single PNGs here (resumable; damaged files are redone)")
     p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--fast", choices=FAST_MODES, default="off",
+                   help="U-Net without launch overhead: cudagraph (CUDA graphs, the same samples), compile, "
+                        "compile+cudagraph, auto (cudagraph on CUDA); default off")
     p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -309,7 +313,8 @@ def run_sample(args: argparse.Namespace) -> int:
               file=sys.stderr)
     run = sample_from_checkpoint(args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                  seed=args.seed, out=args.out, out_dir=args.out_dir, ema=args.ema, device=args.device,
-                                 batch_size=args.batch_size, variance=args.variance, progress=not args.quiet)
+                                 batch_size=args.batch_size, variance=args.variance, progress=not args.quiet,
+                                 fast=args.fast)
     label = "DDPM" if args.sampler == "ddpm" else f"DDIM-{args.steps or 50} η={args.eta:g}"
     print(f"checkpoint: {run.checkpoint} ({'EMA' if args.ema else 'raw'} weights), sampler {label}, seed {args.seed}")
     if run.folder is not None:

@@ -386,12 +386,13 @@ GRID_FROM_FOLDER_MAX = 64   # with both --out and --out-dir, the grid shows the 
 def sample_from_checkpoint(checkpoint: PathLike, n: int = 64, sampler: str = "ddim", steps: Optional[int] = 50,
                            eta: float = 0.0, seed: int = 0, out: Optional[PathLike] = None,
                            out_dir: Optional[PathLike] = None, ema: bool = True, device=None, batch_size: int = 64,
-                           variance: Optional[str] = None, progress: bool = True) -> SampleRun:
+                           variance: Optional[str] = None, progress: bool = True, fast: str = "off") -> SampleRun:
     """Load a checkpoint (EMA weights by default) and write a grid PNG to ``out`` and/or single PNGs to ``out_dir``.
 
     checkpoint: a .pt file or a run folder (its newest checkpoint). variance: DDPM's σ_t, default the
     checkpoint's DiffusionConfig.variance. steps: DDIM steps (None → 50); DDPM always runs all T.
     With both outputs, the grid shows the folder's first min(n, 64) images (no second sampling run).
+    fast: a fast_sampling mode for the U-Net (off, auto, cudagraph, compile, compile+cudagraph).
     """
     from .checkpoint import load_model
     from .plotting import save_image_grid
@@ -400,6 +401,9 @@ def sample_from_checkpoint(checkpoint: PathLike, n: int = 64, sampler: str = "dd
     path = resolve_checkpoint(checkpoint)
     device = default_device(device)
     model, schedule, cfg = load_model(path, ema=ema, device=device)
+    if fast != "off":
+        from .fast_sampling import compile_for_sampling
+        model = compile_for_sampling(model, mode=fast)
     variance = variance or cfg.diffusion.variance
     steps = 50 if steps is None else steps
     kw = dict(sampler=sampler, steps=steps, eta=eta, variance=variance, batch_size=batch_size, seed=seed,

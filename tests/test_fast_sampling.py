@@ -118,3 +118,22 @@ def test_graphs_are_dropped_only_when_the_weights_move():
     assert "captured" in fast._graphs
     fast.to(torch.float64)                     # new storage: a replay would read freed memory
     assert fast._graphs == {}
+
+
+def test_sample_command_fast_flag_gives_the_same_grid(tmp_path, capsys):
+    from ddpm_helpers import cli
+    from ddpm_helpers.checkpoint import FORMAT, atomic_save, config_to_dict
+    from ddpm_helpers.config import DataConfig, DiffusionConfig, TrainConfig
+    cfg = TrainConfig(model=unet_preset("tiny"), diffusion=DiffusionConfig(timesteps=T), data=DataConfig(image_size=SIZE))
+    model = UNet(cfg.model)
+    path = atomic_save({"format": FORMAT, "config": config_to_dict(cfg), "model": model.state_dict(), "ema": None,
+                        "step": 1}, tmp_path / "run" / "ckpt_00000001.pt")
+    grids = {}
+    for fast in ("off", "cudagraph"):        # on a CPU "cudagraph" runs the plain model: the same PNG, byte for byte
+        argv = ["sample", "--checkpoint", str(path), "--n", "2", "--steps", "3", "--device", "cpu", "--quiet",
+                "--fast", fast, "--out", str(tmp_path / f"{fast}.png")]
+        assert cli.main(argv) == 0
+        grids[fast] = (tmp_path / f"{fast}.png").read_bytes()
+    assert grids["off"] == grids["cudagraph"]
+    assert cli.main(argv[:-4] + ["--fast", "turbo"] + argv[-2:]) != 0
+    assert "invalid choice: 'turbo'" in capsys.readouterr().err
