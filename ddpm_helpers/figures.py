@@ -61,14 +61,15 @@ class FigureOptions:
     n_neighbours: int = 6         # samples in the memorisation check
     swd_n: int = 500              # samples scored by SWD (capped by the held-out set)
     gif_images: int = 9
-    main_steps: int = 50          # DDIM steps of the trajectory, η and animation figures
+    gif_steps: int = 25           # DDIM steps of the animation (one frame each)
+    main_steps: int = 50          # DDIM steps of the trajectory and η figures
     data: bool = True             # False: no nearest neighbours, no SWD
 
     @classmethod
     def quick(cls, **kw) -> "FigureOptions":
         """A few images and steps: seconds on a CPU, for tests."""
         base = dict(n=16, steps=10, compare_steps=(10, 5), n_compare=4, n_neighbours=3, swd_n=24, gif_images=4,
-                    main_steps=10)
+                    gif_steps=10, main_steps=10)
         return cls(**{**base, **kw})
 
 
@@ -165,7 +166,7 @@ def write_reverse_gif(trajectory, final: torch.Tensor, path: Path, nrow: int, fr
     """
     from PIL import Image
     size = final.shape[-1]
-    factor = max(1, 128 // size)
+    factor = max(1, 64 // size)                          # tiles of at least 64 px; noise frames compress badly
 
     def frame(xt: torch.Tensor, x0: torch.Tensor) -> Image.Image:
         both = torch.cat([plotting.image_grid(xt, nrow=nrow), plotting.image_grid(x0, nrow=nrow)], dim=2)
@@ -292,14 +293,14 @@ class _Drawer:
                  "step noise, the further the face drifts from the deterministic one.")
 
     def gif(self) -> None:
-        k = self.opts.gif_images
+        k, steps = self.opts.gif_images, min(self.opts.gif_steps, self.T)
         x_T = self.x_T(k)
-        final, path = ddim_sample(self.model, x_T.shape, self.schedule, steps=self.main_steps, noise=x_T,
-                                  keep_steps=ddim_timesteps(self.T, self.main_steps), progress=False)
+        final, path = ddim_sample(self.model, x_T.shape, self.schedule, steps=steps, noise=x_T,
+                                  keep_steps=ddim_timesteps(self.T, steps), progress=False)
         nrow = max(1, int(math.ceil(math.sqrt(k))))
         gif, frames = write_reverse_gif(path, final.cpu(), self.out / self.name("reverse.gif"), nrow=nrow)
         self.result.facts["gif_frames"] = frames
-        self.add("reverse", [gif], f"Animation ({frames} frames): DDIM {self.main_steps} steps (η = 0) for the first "
+        self.add("reverse", [gif], f"Animation ({frames} frames): DDIM {steps} steps (η = 0) for the first "
                  f"{k} samples of the grid; left x_t, right the guess x̂_0, from pure noise to the final images "
                  "(held on the last frame).")
 
@@ -461,11 +462,29 @@ def draw_figures(checkpoint: PathLike, out_dir: PathLike, prefix: str = "", n: O
     elif "data" in parts:
         d.skip("nearest", "--no-data")
         d.skip("swd", "--no-data")
-    return _write_sidecars(d, opts)
+    return _write_sidecars(d, opts, parts)
 
 
-def _write_sidecars(d: _Drawer, opts: FigureOptions) -> FigureSet:
-    """figures.json (facts, SWD, files) and captions.md (a caption per figure), written atomically."""
+def _merged(record: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """record with the figures of an earlier figures.json of the same checkpoint that this call did not redraw."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return record
+    if old.get("facts", {}).get("checkpoint") != record["facts"]["checkpoint"]:
+        return record
+    record["facts"] = {**old.get("facts", {}), **record["facts"]}
+    for key in ("files", "captions"):
+        record[key] = {**{k: v for k, v in old.get(key, {}).items() if k not in record["skipped"]}, **record[key]}
+    record["skipped"] = {k: v for k, v in record["skipped"].items() if k not in record["files"]}
+    record["swd"] = record["swd"] or old.get("swd")
+    return record
+
+
+def _write_sidecars(d: _Drawer, opts: FigureOptions, parts: Sequence[str] = PARTS) -> FigureSet:
+    """figures.json (facts, SWD, files) and captions.md (a caption per figure), written atomically.
+
+    When only some parts were drawn, the figures of an earlier figures.json of the same checkpoint are kept."""
     from .checkpoint import atomic_open
     r = d.result
     if r.swd is not None:
@@ -478,12 +497,14 @@ def _write_sidecars(d: _Drawer, opts: FigureOptions) -> FigureSet:
               "files": {k: [p.name for p in v] for k, v in r.files.items()},
               "captions": {k: f"{v} {model}" for k, v in r.captions.items()}}
     r.json_path = d.out / d.name("figures.json")
+    if set(parts) != set(PARTS):
+        record = _merged(record, r.json_path)
     with atomic_open(r.json_path, "w") as f:
         json.dump(record, f, indent=2, ensure_ascii=False)
-    lines = [f"# Figures from {r.facts['checkpoint']}", "", model, ""]
-    lines += [f"**{', '.join(p.name for p in r.files[k])}**: {text}\n" for k, text in r.captions.items()]
-    if r.skipped:
-        lines += ["Skipped: " + "; ".join(f"{k} ({why})" for k, why in r.skipped.items()), ""]
+    lines = [f"# Figures from {r.facts['checkpoint']}", ""]
+    lines += [f"**{', '.join(record['files'][k])}**: {text}\n" for k, text in record["captions"].items()]
+    if record["skipped"]:
+        lines += ["Skipped: " + "; ".join(f"{k} ({why})" for k, why in record["skipped"].items()), ""]
     r.captions_path = d.out / d.name("captions.md")
     with atomic_open(r.captions_path, "w") as f:
         f.write("\n".join(lines))

@@ -161,6 +161,12 @@ def test_figures_from_a_smoke_checkpoint_writes_every_file(smoke_run, tmp_path):
     captions = (out / "smoke_captions.md").read_text()
     assert "SWD" in captions and "smoke_nearest.png" in captions and "12 steps" in captions
 
+    # redrawing one part keeps the rest of the record
+    draw_figures(run, out, prefix="smoke_", quick=True, device="cpu", parts=("reverse",), log=None)
+    again = json.loads((out / "smoke_figures.json").read_text())
+    assert set(again["files"]) == set(EXPECTED) and again["swd"] == swd
+    assert again["facts"]["nearest_rms_samples_median"] == facts["nearest_rms_samples_median"]
+
 
 def test_without_data_the_data_figures_are_skipped_with_a_reason(smoke_run, tmp_path):
     run, _ = smoke_run
