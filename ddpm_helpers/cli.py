@@ -354,7 +354,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--json", default=None, help="also write the result as JSON here")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of KID's subset draws and SWD's patches")
     p.add_argument("--swd-n", type=positive_int, default=None,
-                   help="images per set for SWD (default: all samples, capped by the held-out real images)")
+                   help="images per set for SWD (default: up to 2000 samples, capped by the held-out real images)")
     p.add_argument("--no-swd", action="store_true", help="skip the sliced Wasserstein distance")
     return p
 

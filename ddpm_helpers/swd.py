@@ -34,6 +34,7 @@ DIR_REPEATS = 4             # the paper's 4 repeats …
 DIRS_PER_REPEAT = 128       # … of 128 random directions
 MAX_LEVELS = 4
 MIN_LEVEL_SIZE = 8          # the coarsest level must hold a 7×7 patch
+DEFAULT_N = 2000            # images per set for `evaluate` unless told: ~1 GB of descriptors at 64 px
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ def swd_of_sample_folder(samples, meta: Dict[str, Any], reference_cfg, root: Opt
     When samples.json names a checkpoint that is here, against that run's held-out images (heldout_images), with
     its first training images as the second real set. Otherwise against the reference DataConfig's images
     (evaluate's --split/--n-real): its first n, and its next n as the second real set (labelled: these may be
-    training images). n: default the number of samples, capped by the real images available.
+    training images). n: default the number of samples up to DEFAULT_N, capped by the real images available.
     """
     from .data import prepare_images
     from .evaluate import as_image_source
@@ -303,13 +304,13 @@ def swd_of_sample_folder(samples, meta: Dict[str, Any], reference_cfg, root: Opt
     run_cfg = _run_data_config(meta, root)
     if run_cfg is not None:
         heldout, held_desc = heldout_images(run_cfg)
-        m = min(n or n_fake, n_fake, len(heldout))
+        m = min(n or DEFAULT_N, n_fake, len(heldout))
         train, _ = prepare_images(dataclasses.replace(run_cfg, max_images=m), progress=False)
         m = min(m, len(train))
         return swd_report(samples, heldout, train, reference=held_desc,
                           comparison=f"the run's first {m:,} training images", seed=seed, n=m)
     real, desc = prepare_images(reference_cfg, progress=False)
-    m = min(n or n_fake, n_fake, len(real) // 2)
+    m = min(n or DEFAULT_N, n_fake, len(real) // 2)
     if m < 2:
         raise ConfigError(f"SWD needs at least 4 reference images (two sets of 2), got {len(real)}")
     return swd_report(samples, real[:m], real[m:2 * m], reference=f"images 1–{m:,} of {desc} (not known to be held "
