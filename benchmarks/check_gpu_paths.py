@@ -13,7 +13,7 @@ Each training check is a short run of the real command line, ``python -m ddpm_he
 3. bf16 with ``--compile``: finite losses; its wall time against the same run without compile.
 4. Sampling through ``ddpm_helpers.fast_sampling`` from the checkpoint of check 1: DDIM-20 with a CUDA graph
    must equal the eager model's samples (fp32 and bf16); compiled + graphed ones (bf16) must agree within a
-   tolerance.
+   tolerance. And the command line's ``sample --fast cudagraph`` must write the same grid as ``--fast off``.
 
 Writes OUT/paths.md (the PASS/FAIL table), OUT/paths.json and OUT/paths_logs.txt (the tail of each run).
 """
@@ -213,6 +213,21 @@ def check_fast_sampling(args, checkpoint_folder: Path) -> List[Dict[str, Any]]:
     return out
 
 
+def check_sample_cli(r: Runner, args) -> List[Dict[str, Any]]:
+    """`python -m ddpm_helpers sample --fast cudagraph` writes the same PNG grid as `--fast off` (fp32: same kernels)."""
+    grids, runs = {}, {}
+    for fast in ("off", "cudagraph"):
+        png = Path(args.work) / f"sample_{fast}.png"
+        cmd = [sys.executable, "-m", "ddpm_helpers", "sample", "--checkpoint", str(Path(args.work) / "bf16"),
+               "--n", "16", "--steps", "20", "--device", args.device, "--quiet", "--fast", fast, "--out", str(png)]
+        runs[fast] = r.finish(f"sample --fast {fast}", subprocess.Popen(cmd, **_popen_kwargs()), args.timeout)
+        grids[fast] = png.read_bytes() if png.exists() else None
+    ok = all(run["rc"] == 0 for run in runs.values()) and grids["off"] is not None and grids["off"] == grids["cudagraph"]
+    return [result("sample --fast cudagraph (CLI)", ok, f"rc {runs['off']['rc']}/{runs['cudagraph']['rc']}, grids "
+                   f"{'identical' if ok else 'DIFFER or missing'}; wall {runs['off']['wall_s']:.1f} s / "
+                   f"{runs['cudagraph']['wall_s']:.1f} s (start-up included)")]
+
+
 def markdown(results: List[Dict[str, Any]]) -> str:
     lines = ["| check | result | detail |", "| --- | --- | --- |"]
     lines += [f"| {r['check']} | {'PASS' if r['ok'] else '**FAIL**'} | {r['detail']} |" for r in results]
@@ -226,8 +241,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="where paths.md, paths.json and paths_logs.txt go")
     p.add_argument("--work", default="/tmp/ddpm_paths", help="run folders and the data cache (emptied first)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--checks", nargs="+", default=["sigterm", "fp16", "compile", "sampling"],
-                   choices=["sigterm", "fp16", "compile", "sampling"])
+    p.add_argument("--checks", nargs="+", default=["sigterm", "fp16", "compile", "sampling", "sample_cli"],
+                   choices=["sigterm", "fp16", "compile", "sampling", "sample_cli"])
     p.add_argument("--steps", type=int, default=60, help="steps of the fp16 and compile runs (default 60)")
     p.add_argument("--more-steps", type=int, default=30, help="steps after a resume (default 30)")
     p.add_argument("--log-every", type=int, default=10)
@@ -252,9 +267,10 @@ def main(argv=None) -> int:
     results: List[Dict[str, Any]] = []
     checks = {"sigterm": lambda: check_sigterm_resume(r, args), "fp16": lambda: check_fp16(r, args),
               "compile": lambda: check_compile(r, args),
-              "sampling": lambda: check_fast_sampling(args, Path(args.work) / "bf16")}
+              "sampling": lambda: check_fast_sampling(args, Path(args.work) / "bf16"),
+              "sample_cli": lambda: check_sample_cli(r, args)}
     for name in args.checks:
-        if name == "sampling" and not (Path(args.work) / "bf16").exists():
+        if name in ("sampling", "sample_cli") and not (Path(args.work) / "bf16").exists():
             results.append(result("sampling", False, "no checkpoint: the sigterm check did not run or failed"))
             continue
         try:

@@ -51,7 +51,7 @@ else
   DEV=cuda
   STEP="--device cuda --max-batch-factor 4 --warmup 2 --round-s 0.5"; PATHS=""
   SAMP="--device cuda --preset recommended --image-size 64 --amp --fast off cudagraph compile+cudagraph --fast-batches 64 500"
-  T_PATHS=${T_PATHS:-120}; T_EAGER=${T_EAGER:-100}; T_COMPILE=${T_COMPILE:-170}; T_PCOMP=${T_PCOMP:-60}; T_SAMP=${T_SAMP:-70}
+  T_PATHS=${T_PATHS:-135}; T_EAGER=${T_EAGER:-100}; T_COMPILE=${T_COMPILE:-155}; T_PCOMP=${T_PCOMP:-60}; T_SAMP=${T_SAMP:-70}
 fi
 LOG=$OUT/session.log
 : > "$LOG"
@@ -78,7 +78,7 @@ if want machine; then
     nproc; } 2>&1 | tee "$RES/machine.txt"
 fi
 want paths && run_stage "paths: SIGTERM/resume, fp16 + GradScaler, fast sampling" "$T_PATHS" \
-  $PY benchmarks/check_gpu_paths.py $PATHS --data "$DATA" --out "$RES/paths" --work /tmp/ddpm_paths --checks sigterm fp16 sampling
+  $PY benchmarks/check_gpu_paths.py $PATHS --data "$DATA" --out "$RES/paths" --work /tmp/ddpm_paths --checks sigterm fp16 sampling sample_cli
 want step_eager && run_stage "training step, eager rows" "$T_EAGER" \
   $PY benchmarks/bench_step.py $STEP --stage eager --time-limit $(( T_EAGER - 15 )) --json "$RES/step_eager.json"
 want step_compile && run_stage "training step, torch.compile rows" "$T_COMPILE" \
