@@ -198,7 +198,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         import json
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"env": env, "args": vars(args), "rows": rows, "body": body}, indent=1, default=str))
+        record = {"env": env, "args": vars(args), "rows": rows, "body": body}
+        Path(args.json).write_text(json.dumps(record, indent=1, default=str))
     command = command_line(argv, "benchmarks/bench_sampling.py")
     print(f"## Sampling speed ({env['date'][:10]}, {env.get('gpu') or 'CPU'})\n\n{environment_line(env)}\n"
           f"Reproduce: `{command}`\n\n{body}")

@@ -64,7 +64,8 @@ class Runner:
             out, _ = proc.communicate()
             out += f"\n[check] killed after {timeout:.0f} s"
         self.logs.append(f"===== {name}: {' '.join(proc.args)}\n" + "\n".join(out.splitlines()[-25:]))
-        return {"rc": proc.returncode, "out": out, "wall_s": time.perf_counter() - t0, "folder": Path(self.args.work) / name}
+        return {"rc": proc.returncode, "out": out, "wall_s": time.perf_counter() - t0,
+                "folder": Path(self.args.work) / name}
 
 
 def _popen_kwargs() -> Dict[str, Any]:
@@ -141,11 +142,13 @@ def check_fp16(r: Runner, args) -> List[Dict[str, Any]]:
         scaler = torch.load(ckpt, map_location="cpu", weights_only=False).get("scaler")
     on_gpu = args.device.startswith("cuda")
     scale = scaler.get("scale") if isinstance(scaler, dict) else None
+    scaler_text = (f"scale {float(scale):g}" if scale is not None
+                   else "none (amp is off on a CPU)" if not on_gpu else "MISSING")
     ok1 = (first["rc"] == 0 and stopped_at(first["out"]) == args.steps and finite_losses(metrics(folder))
            and (scaler is not None or not on_gpu))
     out = [result("fp16 + GradScaler", ok1, f"rc {first['rc']}, ended at {stopped_at(first['out'])}, losses finite: "
                   f"{finite_losses(metrics(folder))}, scaler state: "
-                  f"{'scale ' + format(float(scale), 'g') if scale is not None else ('none (amp is off on a CPU)' if not on_gpu else 'MISSING')}",
+                  f"{scaler_text}",
                   wall_s=first["wall_s"])]
     target = args.steps + args.more_steps
     second = r.run(name, *extra, "--resume", "--max-steps", str(target), timeout=args.timeout)
@@ -203,18 +206,20 @@ def check_fast_sampling(args, checkpoint_folder: Path) -> List[Dict[str, Any]]:
                 rel = ((again - ref).norm() / ref.norm()).item()
                 exact = fast.mode_used in ("cudagraph", "off")          # same kernels: the same samples
                 ok = (diff <= 1e-5 if exact else rel <= 2e-2) and torch.equal(first, again)
-                out.append(result(f"sampling {mode} ({'bf16' if amp else 'fp32'})", ok,
-                                  f"ran as {fast.mode_used}; max |x − eager| = {diff:.2e}, ‖x − eager‖/‖eager‖ = "
-                                  f"{rel:.2e} (want {'≤ 1e-5 max' if exact else '≤ 2e-2 relative'}); "
-                                  f"DDIM-20 batch {args.sample_batch}: eager {t_ref:.2f} s, first call {t_first:.2f} s, "
-                                  f"then {t_again:.2f} s", diff=diff, eager_s=t_ref, first_s=t_first, again_s=t_again))
+                want = "≤ 1e-5 max" if exact else "≤ 2e-2 relative"
+                out.append(result(
+                    f"sampling {mode} ({'bf16' if amp else 'fp32'})", ok,
+                    f"ran as {fast.mode_used}; max |x − eager| = {diff:.2e}, ‖x − eager‖/‖eager‖ = {rel:.2e} "
+                    f"(want {want}); DDIM-20 batch {args.sample_batch}: eager {t_ref:.2f} s, first call "
+                    f"{t_first:.2f} s, then {t_again:.2f} s", diff=diff, eager_s=t_ref, first_s=t_first,
+                    again_s=t_again))
             except Exception as e:
                 out.append(result(f"sampling {mode} ({'bf16' if amp else 'fp32'})", False, f"{type(e).__name__}: {e}"))
     return out
 
 
 def check_sample_cli(r: Runner, args) -> List[Dict[str, Any]]:
-    """`python -m ddpm_helpers sample --fast cudagraph` writes the same PNG grid as `--fast off` (fp32: same kernels)."""
+    """`python -m ddpm_helpers sample --fast cudagraph` writes the PNG grid of `--fast off` (fp32: same kernels)."""
     grids, runs = {}, {}
     for fast in ("off", "cudagraph"):
         png = Path(args.work) / f"sample_{fast}.png"
@@ -222,7 +227,8 @@ def check_sample_cli(r: Runner, args) -> List[Dict[str, Any]]:
                "--n", "16", "--steps", "20", "--device", args.device, "--quiet", "--fast", fast, "--out", str(png)]
         runs[fast] = r.finish(f"sample --fast {fast}", subprocess.Popen(cmd, **_popen_kwargs()), args.timeout)
         grids[fast] = png.read_bytes() if png.exists() else None
-    ok = all(run["rc"] == 0 for run in runs.values()) and grids["off"] is not None and grids["off"] == grids["cudagraph"]
+    ok = (all(run["rc"] == 0 for run in runs.values()) and grids["off"] is not None
+          and grids["off"] == grids["cudagraph"])
     return [result("sample --fast cudagraph (CLI)", ok, f"rc {runs['off']['rc']}/{runs['cudagraph']['rc']}, grids "
                    f"{'identical' if ok else 'DIFFER or missing'}; wall {runs['off']['wall_s']:.1f} s / "
                    f"{runs['cudagraph']['wall_s']:.1f} s (start-up included)")]

@@ -9,7 +9,9 @@
 #
 # Output: $OUT/summary.md (all tables, ready to paste into benchmarks/RESULTS.md), $OUT/session.log, and
 # $OUT/results.tar.gz (every JSON, log and table). OUT defaults to /tmp/gpu_out; the device tool sets it.
-# STAGES="paths step_eager step_compile paths_compile sampling t4" runs a subset (all by default).
+# STAGES="paths step_eager step_compile paths_compile sampling t4" runs a subset (all by default). Not in the default:
+# STAGES=train_figures, the 150-second celeba64 training run (TRAIN_S seconds) behind the README's sample grid and
+# its figures (benchmarks/gpu_figures.py), as made on 2026-11-27.
 set -u
 MODE=gpu
 case "${1:-}" in
@@ -46,11 +48,13 @@ if [ "$MODE" = dry ]; then
   STEP="--dry-run --presets celeba64 report64"; PATHS="--dry-run"
   SAMP="--device cpu --preset tiny --image-size 16 --fast off cudagraph compile+cudagraph --fast-batches 4 --fast-repeats 1"
   T_PATHS=300; T_EAGER=120; T_COMPILE=300; T_PCOMP=300; T_SAMP=120
+  TRAIN_S=20; TRAIN_EXTRA="--unet tiny --image-size 16 --batch-size 8 --max-images 64"
 else
   PY=${PY:-python3}
   DEV=cuda
   STEP="--device cuda --max-batch-factor 4 --warmup 2 --round-s 0.5"; PATHS=""
   SAMP="--device cuda --preset recommended --image-size 64 --amp --fast off cudagraph compile+cudagraph --fast-batches 64 500"
+  TRAIN_S=${TRAIN_S:-150}; TRAIN_EXTRA=""
   T_PATHS=${T_PATHS:-135}; T_EAGER=${T_EAGER:-100}; T_COMPILE=${T_COMPILE:-155}; T_PCOMP=${T_PCOMP:-60}; T_SAMP=${T_SAMP:-70}
 fi
 LOG=$OUT/session.log
@@ -87,6 +91,19 @@ want paths_compile && run_stage "paths: compile on/off (the real CLI)" "$T_PCOMP
   $PY benchmarks/check_gpu_paths.py $PATHS --data "$DATA" --out "$RES/paths_compile" --work /tmp/ddpm_paths_compile --checks compile
 want sampling && run_stage "sampling: 10,000 DDIM-50 samples, eager vs CUDA graph vs compile" "$T_SAMP" \
   $PY benchmarks/bench_sampling.py $SAMP --time-limit $(( T_SAMP * 2 / 3 )) --json "$RES/sampling.json"
+if want train_figures; then
+  train_figures() {   # the README's grid: celeba64 for TRAIN_S seconds on the 5,000 images, then its figures
+    rm -rf /tmp/gpu_run64
+    $PY -m ddpm_helpers train --preset celeba64 --data "$DATA" --out /tmp/gpu_run64 --cache-dir /tmp/gpu_cache \
+      $TRAIN_EXTRA --time-budget "${TRAIN_S}s" --sample-every 500 --checkpoint-every 100000 --log-every 50 \
+      --no-progress 2>&1 | grep -v "^  " | tee "$RES/train.txt" | tail -8
+    $PY benchmarks/gpu_figures.py --run /tmp/gpu_run64 --out "$RES" --tag gpu_celeba64 2>&1 | tail -6
+    cp /tmp/gpu_run64/metrics.csv "$RES/gpu_celeba64_metrics.csv"
+    cp /tmp/gpu_run64/loss_curve.png "$RES/gpu_celeba64_loss_curve.png"
+  }
+  export -f train_figures; export PY DATA RES TRAIN_S TRAIN_EXTRA
+  run_stage "training run (celeba64, ${TRAIN_S} s) and its figures" $(( TRAIN_S + 150 )) bash -c train_figures
+fi
 } 2>&1 | tee -a "$LOG"
 
 # ---- summary: every table in one markdown file (also printed: the device tool returns the end of the output)

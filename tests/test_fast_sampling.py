@@ -124,7 +124,8 @@ def test_sample_command_fast_flag_gives_the_same_grid(tmp_path, capsys):
     from ddpm_helpers import cli
     from ddpm_helpers.checkpoint import FORMAT, atomic_save, config_to_dict
     from ddpm_helpers.config import DataConfig, DiffusionConfig, TrainConfig
-    cfg = TrainConfig(model=unet_preset("tiny"), diffusion=DiffusionConfig(timesteps=T), data=DataConfig(image_size=SIZE))
+    cfg = TrainConfig(model=unet_preset("tiny"), diffusion=DiffusionConfig(timesteps=T),
+                      data=DataConfig(image_size=SIZE))
     model = UNet(cfg.model)
     path = atomic_save({"format": FORMAT, "config": config_to_dict(cfg), "model": model.state_dict(), "ema": None,
                         "step": 1}, tmp_path / "run" / "ckpt_00000001.pt")
