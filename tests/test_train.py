@@ -86,7 +86,7 @@ def test_fresh_run_refuses_to_overwrite_and_incompatible_checkpoint_is_refused(t
 def test_time_budget_stops_and_saves(tmp_path):
     r = train(_cfg(tmp_path, max_steps=10_000, time_budget=0.5), images=_images(), progress=False, verbose=False)
     assert r.stop_reason == "time budget"
-    assert 0 <= r.step < 10_000
+    assert r.step < 10_000                                   # stopped by the budget, long before max_steps
     assert r.checkpoint is not None and r.checkpoint.exists()
     assert ck.load_checkpoint(r.checkpoint)["step"] == r.step
 
