@@ -40,6 +40,9 @@ class Run:
     full: True only on a GPU, with the real CelebA, outside CI. figures_dir: where figures go (the repository's
     figures/ in a clone, /kaggle/working/figures on Kaggle). out_dir: runs, checkpoints and samples
     (the repository's runs/ in a clone, /kaggle/working on Kaggle). repo_root: the clone's root, or None.
+    model_figures_dir: where figures drawn from a trained model go (notebooks 04 and 05): figures_dir in the full
+    run, on Kaggle or when $DDPM_FIGURES_DIR is set (CI); else out_dir/figures_small, so that a small model's
+    figures never land over the committed ones in the repository's figures/.
     """
 
     on_kaggle: bool
@@ -54,6 +57,7 @@ class Run:
     out_dir: Path
     repo_root: Optional[Path]
     started: float = 0.0   # time.time() when setup() ran: a Kaggle session's clock starts with the first cell
+    model_figures_dir: Optional[Path] = None
 
     def elapsed(self) -> float:
         """Seconds since setup() ran."""
@@ -226,10 +230,12 @@ def setup(kaggle_input: Optional[PathLike] = None, kaggle_working: Optional[Path
         figures_dir = Path(environ["DDPM_FIGURES_DIR"])
     figures_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    full = bool(n_gpus and celeba is not None and not is_sample and not in_ci)
+    keep_apart = not (full or on_kaggle or environ.get("DDPM_FIGURES_DIR"))
+    model_figures_dir = out_dir / "figures_small" if keep_apart else figures_dir
     run = Run(on_kaggle=on_kaggle, on_colab=on_colab, in_ci=in_ci, device="cuda" if n_gpus else "cpu",
-              n_gpus=n_gpus, full=bool(n_gpus and celeba is not None and not is_sample and not in_ci),
-              celeba=celeba, celeba_is_sample=is_sample, figures_dir=figures_dir, out_dir=out_dir,
-              repo_root=repo_root, started=started)
+              n_gpus=n_gpus, full=full, celeba=celeba, celeba_is_sample=is_sample, figures_dir=figures_dir,
+              out_dir=out_dir, repo_root=repo_root, started=started, model_figures_dir=model_figures_dir)
     if announce:
         print(run.describe())
     return run

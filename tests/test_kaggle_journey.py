@@ -149,7 +149,7 @@ def test_kaggle_chain_04_cut_off_04_resumes_05_samples_04s_model(standin_chain):
     assert step == SMALL_STEPS or (step > v1_steps[-1] and "this session: time budget" in text), text[-2000:]
     logged = [int(row.split(",")[0]) for row in (v2.output / "04_small" / "metrics.csv").read_text().splitlines()[1:]]
     assert logged[0] <= v1_steps[-1] and logged[-1] >= step - 10                # the loss log continues across versions
-    assert {"04_loss_curve.png", "04_samples_grid.png"} <= {p.name for p in (v2.output / "figures").iterdir()}
+    assert {"04_small_loss.png", "04_small_samples.png", "04_small_figures.json"} <= {p.name for p in (v2.output / "figures").iterdir()}
 
     v3 = standin.run(kernel["05"], time_limit_s=400)
     assert v3.status == "complete", v3.error
@@ -158,4 +158,4 @@ def test_kaggle_chain_04_cut_off_04_resumes_05_samples_04s_model(standin_chain):
     printed = re.search(r"weights fingerprint: (\w+)", text).group(1)
     assert printed == _fingerprint(final) and "trained here" not in text     # 04's weights, not a model of its own
     assert not (v3.output / "05_small").exists()
-    assert {"05_trajectory.png", "05_ddpm_vs_ddim.png", "05_eta.png"} <= {p.name for p in (v3.output / "figures").iterdir()}
+    assert {"05_small_trajectory.png", "05_small_ddpm_vs_ddim.png", "05_small_eta.png", "05_small_reverse.gif"} <= {p.name for p in (v3.output / "figures").iterdir()}
