@@ -302,17 +302,21 @@ def swd_of_sample_folder(samples, meta: Dict[str, Any], reference_cfg, root: Opt
     from .evaluate import as_image_source
     n_fake = as_image_source(samples).n
     run_cfg = _run_data_config(meta, root)
+    why = "samples.json names no checkpoint here"
     if run_cfg is not None:
-        heldout, held_desc = heldout_images(run_cfg)
-        m = min(n or DEFAULT_N, n_fake, len(heldout))
-        train, _ = prepare_images(dataclasses.replace(run_cfg, max_images=m), progress=False)
-        m = min(m, len(train))
-        return swd_report(samples, heldout, train, reference=held_desc,
-                          comparison=f"the run's first {m:,} training images", seed=seed, n=m)
+        try:
+            heldout, held_desc = heldout_images(run_cfg)
+        except ConfigError as e:                    # the run trained on every image: use the reference set
+            why = str(e)
+        else:
+            m = min(n or DEFAULT_N, n_fake, len(heldout))
+            train, _ = prepare_images(dataclasses.replace(run_cfg, max_images=m), progress=False)
+            m = min(m, len(train))
+            return swd_report(samples, heldout, train, reference=held_desc,
+                              comparison=f"the run's first {m:,} training images", seed=seed, n=m)
     real, desc = prepare_images(reference_cfg, progress=False)
     m = min(n or DEFAULT_N, n_fake, len(real) // 2)
     if m < 2:
         raise ConfigError(f"SWD needs at least 4 reference images (two sets of 2), got {len(real)}")
     return swd_report(samples, real[:m], real[m:2 * m], reference=f"images 1–{m:,} of {desc} (not known to be held "
-                      "out: samples.json names no checkpoint here)", comparison=f"images {m + 1:,}–{2 * m:,} of the "
-                      "same set", seed=seed, n=m)
+                      f"out: {why})", comparison=f"images {m + 1:,}–{2 * m:,} of the same set", seed=seed, n=m)

@@ -162,3 +162,7 @@ def test_sample_folder_is_scored_against_its_runs_heldout_images(tmp_path, monke
     assert "9–12" in report.reference and "first 4 training" in report.comparison
     fallback = swd_of_sample_folder(samples, {}, reference)                      # no checkpoint named: labelled
     assert fallback.samples.n == 6 and "not known to be held out" in fallback.reference
+    every = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_images=None))
+    ckpt_all = atomic_save({"format": FORMAT, "config": config_to_dict(every)}, tmp_path / "all" / "ckpt_00000001.pt")
+    nothing_held = swd_of_sample_folder(samples, {"checkpoint": str(ckpt_all)}, reference)
+    assert "trained on every image" in nothing_held.reference and nothing_held.samples.n == 6
