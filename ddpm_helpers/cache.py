@@ -396,6 +396,23 @@ def default_cache_dir() -> Path:
     return kaggle_working_dir() / "cache" if is_kaggle() else Path.cwd() / "cache"
 
 
+def usable_cache_dir(folder: Optional[PathLike], name: Optional[str]) -> Path:
+    """Where to read or build the cache file ``name``: folder (default_cache_dir() when None), unless folder lies
+    under the read-only Kaggle inputs and does not already hold ``name`` — building there would write into
+    /kaggle/input (notebook 05 reads 04's config, whose cache folder may be an input 05 lacks): then the default."""
+    from .notebook_setup import kaggle_input_dir
+    if folder is None:
+        return default_cache_dir()
+    folder = Path(folder).expanduser()
+    try:
+        under_input = folder.resolve().is_relative_to(kaggle_input_dir().resolve())
+    except OSError:
+        under_input = True
+    if under_input and not (name and (folder / name).is_file()):
+        return default_cache_dir()
+    return folder
+
+
 def cache_name(split: str, crop: str, image_size: int, channels: int, count: Optional[int] = None) -> str:
     """The cache file name, which spells out the settings so caches of different settings coexist."""
     suffix = f"_n{count}" if count is not None else ""

@@ -347,25 +347,13 @@ def training_images(cfg, ckpt: Dict[str, Any], data_root: Optional[PathLike] = N
 
 
 def _usable_cache_dir(data_cfg) -> Optional[str]:
-    """The run's cache folder, unless it lies under the Kaggle inputs (read-only) without a ready cache there.
-
-    Notebook 05 reads 04's config, whose cache may have been in an input of 04's that 05 does not have (or has
-    without the cache): building it there would write into /kaggle/input. Then the default folder is used.
-    """
-    from .cache import default_cache_dir
-    from .notebook_setup import kaggle_input_dir
+    """The run's cache folder, or the default one where the run's lies under the read-only Kaggle inputs without a
+    ready cache (cache.usable_cache_dir)."""
+    from .cache import usable_cache_dir
     from .session import cache_file_name
     if data_cfg.cache_dir is None:
         return None
-    folder = Path(data_cfg.cache_dir)
-    try:
-        under_input = folder.resolve().is_relative_to(kaggle_input_dir().resolve())
-    except OSError:
-        under_input = True
-    if not under_input:
-        return str(folder)
-    name = cache_file_name(data_cfg)
-    return str(folder) if name and (folder / name).is_file() else str(default_cache_dir())
+    return str(usable_cache_dir(data_cfg.cache_dir, cache_file_name(data_cfg)))
 
 
 def _as_float(images: np.ndarray) -> torch.Tensor:

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -249,7 +249,8 @@ def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = Fals
     its split, the images of the split after them. Raises data.DataNotFoundError when CelebA is not found,
     and errors.ConfigError when the run used every image (nothing is held out).
     """
-    from .data import build_cache, cache_name, default_cache_dir, find_celeba, list_images, load_cache
+    from .cache import usable_cache_dir
+    from .data import build_cache, cache_name, find_celeba, list_images, load_cache
     location = find_celeba(data_cfg.root, kaggle_input)
     split, paths, what = data_cfg.split, [], ""
     if location.partition_file is not None and data_cfg.split == "train":
@@ -264,8 +265,8 @@ def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = Fals
         raise ConfigError(f"the run trained on every image of {location.image_dir} (split {data_cfg.split!r}, no "
                          "max_images) and no valid split exists: no held-out images to compare with")
     tag = f"{split}_heldout_after{data_cfg.max_images}" if split == data_cfg.split else split
-    cache_dir = default_cache_dir() if data_cfg.cache_dir is None else Path(data_cfg.cache_dir).expanduser()
     name = cache_name(tag, data_cfg.crop, data_cfg.image_size, data_cfg.channels, len(paths))
+    cache_dir = usable_cache_dir(data_cfg.cache_dir, name)          # never a folder under the read-only Kaggle inputs
     path = build_cache(paths, cache_dir / name, data_cfg.crop, data_cfg.image_size, data_cfg.channels,
                        source=str(location.image_dir), split=split, progress=progress)
     images, _ = load_cache(path)

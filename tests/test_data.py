@@ -632,3 +632,18 @@ def test_real_half_size_faces_cache(tmp_path):
     mean_face = faces.mean(0)
     assert np.abs(mean_face - mean_face[:, ::-1]).mean() < np.abs(mean_face - mean_face[::-1]).mean()
     np.testing.assert_array_equal(faces[123], load_image(paths[123], "ddim_128", 32))
+
+
+def test_a_cache_folder_under_the_kaggle_inputs_is_used_only_when_it_holds_the_cache(tmp_path, monkeypatch):
+    """Inputs are read-only on Kaggle: a cache recorded there is reused when present, never built there."""
+    from ddpm_helpers.cache import usable_cache_dir
+    monkeypatch.setenv("DDPM_KAGGLE_INPUT", str(tmp_path / "input"))
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    recorded = tmp_path / "input" / "ddpm-04-training" / "cache"
+    recorded.mkdir(parents=True)
+    assert usable_cache_dir(recorded, "c.npy") == tmp_path / "cache"            # absent: the default folder
+    (recorded / "c.npy").write_bytes(b"")
+    assert usable_cache_dir(recorded, "c.npy") == recorded                      # present: reused in place
+    assert usable_cache_dir(tmp_path / "elsewhere", "c.npy") == tmp_path / "elsewhere"
+    assert usable_cache_dir(None, "c.npy") == tmp_path / "cache"
