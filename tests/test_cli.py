@@ -429,8 +429,11 @@ def test_every_preset_is_valid_and_survives_a_checkpoint_round_trip():
 
 
 def test_evaluate_without_held_out_images_notes_it_and_still_scores(paths, capsys):
-    """The run trained on all 24 images and there is no valid split: SWD cannot run, FID and KID still do."""
+    """The run trained on all 24 images and there is no valid split: SWD scores against the reference set and says
+    that those images are not known to be held out (and why); FID and KID still run."""
     argv = [a.format(**paths) for a in EVALUATE if a != "--no-swd"]
     code, printed = _run(argv, capsys)
     assert code == 0, printed
-    assert "note: no SWD: the run trained on every image" in printed and "FID " in printed and "KID " in printed
+    assert "SWD×1e3 samples vs" in printed and "real vs real" in printed
+    assert "not known to be held out: the run trained on every image" in printed
+    assert "FID " in printed and "KID " in printed
