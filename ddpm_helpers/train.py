@@ -359,7 +359,8 @@ class Trainer:
             from .plotting import plot_loss_curve
             try:
                 plot_loss_curve(self.out / "metrics.csv", self.out / "loss_curve.png",
-                                title=f"L_simple, {self.data.description[:60]}")
+                                title=f"L_simple: {_short_data_name(self.data.description)}, "
+                                      f"{self.cfg.data.image_size} px")
             except Exception as e:  # a figure must never kill a run
                 self.log(f"[train] loss curve not drawn: {e}")
 
@@ -479,3 +480,9 @@ class Trainer:
         if self._sampled_at != self.step:
             self.save_samples()
         self.save_loss_curve()
+
+
+def _short_data_name(description: str) -> str:
+    """"CelebA train (ddim_128 → 32 px), 4,500 images from /x" → "CelebA train": a title that fits one column."""
+    return description.split(" (")[0].split(",")[0]
+
