@@ -230,7 +230,7 @@ def report(data: Dict[str, Any]) -> str:
     header = ["preset", "batch", "change vs default", "img/s (median; min–max)", "× default", "GFLOP/img",
               "TFLOP/s", f"% of {ref_kind} matmul peak", "compile s", "peak GiB", "compile pays after"]
     parts = [f"{environment_line(data['env'])}\n",
-             f"Measured peaks: " + "; ".join(f"{k} matmul {v / 1e12:,.1f} TFLOP/s" for k, v in peaks.items())
+             "Measured peaks: " + "; ".join(f"{k} matmul {v / 1e12:,.1f} TFLOP/s" for k, v in peaks.items())
              + f". Stages complete: {data['complete']}; {data['elapsed']:.0f} s in all.\n",
              markdown_table(header, table, align="lrlrrrrrrrr"), best_text(rows, ref, ref_kind), profile_text(rows)]
     return "\n".join(parts)

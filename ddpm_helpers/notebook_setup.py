@@ -287,7 +287,7 @@ def full_training_config(run: Run, preset: str, time_budget):
 
     from .config import TRAIN_PRESETS, train_preset
     from .session import cache_dir_for
-    from .train import parse_duration
+    from .cli import parse_duration
     data = dataclasses.replace(TRAIN_PRESETS[preset].data, root=str(run.celeba.image_dir))
     data = dataclasses.replace(data, cache_dir=str(cache_dir_for(run, data)))
     return train_preset(preset, data=data, out_dir=str(run.out_dir / preset), time_budget=parse_duration(time_budget))

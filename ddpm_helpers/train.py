@@ -16,7 +16,6 @@ gradient norm that guards against NaN steps), plus the logging reads every ``log
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
 import time
@@ -32,7 +31,6 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from . import state
-from .cli import parse_duration  # noqa: F401 - lives in cli.py; re-exported for notebook 04's import
 from .config import TrainConfig
 from .data import BatchIterator, TrainingData, prepare_training_data, to_model_range
 from .diffusion import ddim_sample, training_loss

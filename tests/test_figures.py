@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ddpm_helpers import plotting
-from ddpm_helpers.config import DataConfig, train_preset
+from ddpm_helpers.config import train_preset
 from ddpm_helpers.figures import draw_figures, nearest_neighbours, write_grid_png
 
 

@@ -14,7 +14,8 @@ import torch
 
 from ddpm_helpers import checkpoint as ck
 from ddpm_helpers.config import train_preset
-from ddpm_helpers.train import EMA, TrainingError, ema_decay_at, parse_duration, train
+from ddpm_helpers.cli import parse_duration
+from ddpm_helpers.train import EMA, TrainingError, ema_decay_at, train
 
 REPO = Path(__file__).resolve().parents[1]
 
