@@ -2,27 +2,22 @@
 import pytest
 import torch
 
-from ddpm_helpers.diffusion import (ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, forward_step,
-                                    p_mean, p_sample, predict_x0, q_posterior_mean, q_sample, training_loss)
+from ddpm_helpers.diffusion import (
+    ddim_sample,
+    ddim_step,
+    ddim_timesteps,
+    ddpm_sample,
+    forward_step,
+    p_mean,
+    p_sample,
+    predict_x0,
+    q_posterior_mean,
+    q_sample,
+    training_loss,
+)
+from ddpm_helpers.oracle import GaussianOracle
 from ddpm_helpers.schedule import NoiseSchedule
 from ddpm_helpers.unet import build_unet
-
-
-class GaussianOracle(torch.nn.Module):
-    """The exact ε-predictor when the data are N(mu, s²) per pixel: a stub with a known answer.
-
-    x_t ~ N(√ᾱ μ, ᾱ s² + 1 − ᾱ), so E[ε | x_t] = √(1 − ᾱ) (x_t − √ᾱ μ) / (ᾱ s² + 1 − ᾱ).
-    """
-
-    def __init__(self, schedule, mu=0.5, s=0.2):
-        super().__init__()
-        self.schedule, self.mu, self.s = schedule, mu, s
-        self.calls = []
-
-    def forward(self, x, t):
-        self.calls.append(t.clone())
-        ab = self.schedule.alpha_bars[t].reshape(-1, *[1] * (x.ndim - 1))
-        return (1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / (ab * self.s ** 2 + 1 - ab)
 
 
 def test_closed_form_matches_iterated_markov_chain_in_mean_and_variance():
