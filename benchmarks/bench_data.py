@@ -24,7 +24,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ddpm_helpers.data import BatchIterator, build_cache, load_cache, load_image, to_model_range  # noqa: E402
+from ddpm_helpers.cache import build_cache, load_cache  # noqa: E402
+from ddpm_helpers.celeba import load_image  # noqa: E402
+from ddpm_helpers.data import BatchIterator  # noqa: E402
+from ddpm_helpers.images import to_model_range  # noqa: E402
 
 
 class OnTheFlyDataset(torch.utils.data.Dataset):

@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a clon
 sys.path.insert(0, str(Path(__file__).resolve().parent))       # benchmarks/common.py
 
 from common import command_line, environment, environment_line, markdown_table, synchronize, write_results  # noqa: E402
-from ddpm_helpers.config import UNET_PRESETS, unet_preset          # noqa: E402
-from ddpm_helpers.generate import generate                        # noqa: E402
-from ddpm_helpers.schedule import NoiseSchedule                   # noqa: E402
-from ddpm_helpers.unet import UNet, count_parameters              # noqa: E402
+
+from ddpm_helpers.config import UNET_PRESETS, unet_preset  # noqa: E402
+from ddpm_helpers.generate import generate  # noqa: E402
+from ddpm_helpers.schedule import NoiseSchedule  # noqa: E402
+from ddpm_helpers.unet import UNet, count_parameters  # noqa: E402
 
 LOOPS = [("DDPM", "ddpm", 1000), ("DDIM", "ddim", 50), ("DDIM", "ddim", 100)]
 
@@ -84,7 +85,7 @@ def measure(model, schedule, args, image_size: int) -> List[Dict]:
             sched = short if (extrapolate and sampler == "ddpm") else schedule
             best[i] = min(best[i], timed_generate(model, sched, sampler, run_steps, args, image_size))
     rows = []
-    for (label, sampler, steps), seconds in zip(LOOPS, best):
+    for (label, _sampler, steps), seconds in zip(LOOPS, best):
         run_steps = probe if extrapolate else steps
         per_step = seconds / run_steps
         total = per_step * steps
@@ -111,6 +112,7 @@ def report(rows: List[Dict], args, what: str, params: int, image_size: int) -> s
 def measure_fast(model, schedule, args, image_size: int) -> List[Dict]:
     """Per (batch size, wrapper mode): set-up seconds, seconds per DDIM-50 batch, projected time for --fid-n."""
     import math
+
     from ddpm_helpers.fast_sampling import compile_for_sampling
     t_start, rows = time.perf_counter(), []
     for batch in args.fast_batches:
@@ -122,7 +124,7 @@ def measure_fast(model, schedule, args, image_size: int) -> List[Dict]:
                 continue
             try:
                 fast = compile_for_sampling(model, mode=mode)
-                run = lambda: timed_generate(fast, schedule, "ddim", 50, args, image_size, batch)  # noqa: E731
+                run = lambda fast=fast, batch=batch: timed_generate(fast, schedule, "ddim", 50, args, image_size, batch)  # noqa: E731
                 row["setup_s"] = run()                      # capture or compile, plus one batch
                 row["s_per_batch"] = min(run() for _ in range(args.fast_repeats))
                 row["setup_s"] = max(0.0, row["setup_s"] - row["s_per_batch"])

@@ -46,9 +46,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_train import (_error_text, apply_fixes, count_step_flops, matmul_flops, profile_step,  # noqa: E402
-                         random_batch)
+from bench_train import _error_text, apply_fixes, count_step_flops, matmul_flops, profile_step, random_batch  # noqa: E402
 from common import environment, environment_line, markdown_table, median, synchronize, timed  # noqa: E402
+
 from ddpm_helpers.config import TrainConfig, train_preset, unet_preset  # noqa: E402
 from ddpm_helpers.train import build_trainer  # noqa: E402
 from ddpm_helpers.unet import UNet, count_parameters  # noqa: E402

@@ -1,7 +1,7 @@
 """Training throughput: our U-Net against diffusers.UNet2DModel of the same size, and against the device's limit.
 
     python benchmarks/bench_train.py                                   # CPU: small + recommended, 32/64 px, batch 8
-    python benchmarks/bench_train.py --what-if                         # + our U-Net with GroupNorm in the AMP dtype (GPU)
+    python benchmarks/bench_train.py --what-if          # + our U-Net with GroupNorm in the AMP dtype (GPU)
     python benchmarks/bench_train.py --device cuda --json gpu/bench_train.json
     python benchmarks/bench_train.py --device cuda --sizes 32 64 128 --batch 128,128,32 \
         --modes amp+channels_last amp fp32 amp+channels_last+compile --what-if --write
@@ -55,8 +55,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))    # run from a clone without installing
 sys.path.insert(0, str(HERE))
 
-from common import (command_line, environment, environment_line, markdown_table,  # noqa: E402
-                    median, synchronize, timed, write_results)
+from common import (  # noqa: E402
+    command_line,
+    environment,
+    environment_line,
+    markdown_table,
+    median,
+    synchronize,
+    timed,
+    write_results,
+)
+
 from ddpm_helpers.config import UNET_PRESETS, TrainConfig, UNetConfig, unet_preset  # noqa: E402
 from ddpm_helpers.train import Trainer, build_trainer  # noqa: E402
 from ddpm_helpers.unet import UNet, count_parameters  # noqa: E402
@@ -454,7 +463,7 @@ def run_config(preset: str, size: int, batch_size: int, mode: Mode, args, device
                 rows[name]["times_s"].append(timed(step, args.steps, device))
             except Exception as e:
                 rows[name]["status"] = "failed: " + _error_text(e)
-    for name, (bt, batch, step) in runners.items():
+    for name, (bt, batch, _step) in runners.items():
         row = rows[name]
         if row["status"] != "ok":
             continue

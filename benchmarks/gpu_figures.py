@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_helpers.checkpoint import latest_checkpoint, load_model  # noqa: E402
 from ddpm_helpers.diffusion import ddim_sample, ddpm_sample  # noqa: E402
-from ddpm_helpers.plotting import plot_image_rows, save_figure, save_image_grid  # noqa: E402
+from ddpm_helpers.images import save_image_grid  # noqa: E402
+from ddpm_helpers.plotting import plot_image_rows, save_figure  # noqa: E402
 
 
 def timed(fn):
@@ -41,10 +42,12 @@ def main() -> None:
     model, schedule, cfg = load_model(ckpt, ema=True, device=args.device)
     c, s = cfg.model.in_channels, cfg.data.image_size
     info = {"checkpoint": str(ckpt), "step": int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])}
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda"
+           else torch.autocast("cpu", enabled=False))
     g = torch.Generator().manual_seed(0)
     with amp:
-        grid, t = timed(lambda: ddim_sample(model, (64, c, s, s), schedule, steps=min(100, schedule.T), generator=g, progress=False))
+        grid, t = timed(lambda: ddim_sample(model, (64, c, s, s), schedule, steps=min(100, schedule.T), generator=g,
+                                            progress=False))
     info["ddim100_64_images_s"] = t
     save_image_grid(grid.float(), out / f"{args.tag}_samples.png", nrow=8)
 
@@ -54,7 +57,8 @@ def main() -> None:
         rows["DDPM, 1000 steps\n(σ=√β, report)"], t = timed(lambda: ddpm_sample(
             model, noise.shape, schedule, noise=noise, generator=torch.Generator().manual_seed(2), progress=False))
         info["ddpm1000_8_images_s"] = t
-        rows["DDIM η=0, 100 steps"], _ = timed(lambda: ddim_sample(model, noise.shape, schedule, steps=min(100, schedule.T),
+        rows["DDIM η=0, 100 steps"], _ = timed(lambda: ddim_sample(model, noise.shape, schedule,
+                                                                    steps=min(100, schedule.T),
                                                                    noise=noise, progress=False))
         rows["DDIM η=0, 20 steps"], _ = timed(lambda: ddim_sample(model, noise.shape, schedule, steps=20,
                                                                   noise=noise, progress=False))

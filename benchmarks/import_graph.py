@@ -79,7 +79,7 @@ def read_imports(package_dir: Path) -> dict:
         tree = ast.parse(source)
         found = []
 
-        def visit(node, in_function, type_checking):
+        def visit(node, in_function, type_checking, f=f, lines=lines, found=found):
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, (ast.Import, ast.ImportFrom)):
                     line = lines[child.lineno - 1] + "".join(lines[child.lineno:child.end_lineno])
@@ -89,7 +89,7 @@ def read_imports(package_dir: Path) -> dict:
                     continue
                 fn = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
                 tc = type_checking or (isinstance(child, ast.If) and _is_type_checking(child))
-                visit(child, fn, tc)
+                visit(child, fn, tc, f, lines, found)
 
         visit(tree, False, False)
         result[f.stem] = found

@@ -53,6 +53,7 @@ def preset_model_numbers(preset: str) -> Dict[str, float]:
     """Parameters and forward + backward FLOPs per image of a training preset, counted on the meta device."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
     from ddpm_helpers.config import train_preset
     from ddpm_helpers.unet import UNet, count_parameters
     cfg = train_preset(preset)

@@ -1,4 +1,6 @@
-"""Read the report's architecture off a built U-Net: what notebook 03 shows and the tests check.
+"""Taught in notebook 03.
+
+Read the report's architecture off a built U-Net: what notebook 03 shows and the tests check.
 
 Each function answers one statement of the report by running the real network with forward hooks:
 the shapes level by level (:func:`trace_shapes`), where the time embedding enters (:func:`time_injections`),
@@ -45,7 +47,8 @@ def _hooks(handles: list) -> Iterator[None]:
 def trace_shapes(model: UNet, x: torch.Tensor, t: torch.Tensor) -> List[Stage]:
     """Run ``model(x, t)`` once and record the output shape of every stage.  x: (B, C, H, W); t: (B,)."""
     rows: List[Stage] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out, s=s: rows.append(Stage(s, type(mod).__name__, tuple(out.shape))))
+    handles = [m.register_forward_hook(
+                   lambda mod, inp, out, s=s: rows.append(Stage(s, type(mod).__name__, tuple(out.shape))))
                for s, m in stages(model)]
     with _hooks(handles), torch.no_grad():
         model(x, t)

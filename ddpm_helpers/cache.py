@@ -2,8 +2,9 @@
 
 A JSON record written last (the commit marker) holds the settings, the source fingerprint (the names,
 sizes and modification times of the image files) and SHA-1 checksums of the array's 16 MiB chunks;
-``build_cache`` reuses a cache only when all of them still hold, and rebuilds it otherwise, with a message. Crash-safe (temporary files renamed into place) and safe for concurrent builders
-(DDP ranks take turns on a lock file). Images are decoded by data.load_image.
+``build_cache`` reuses a cache only when all of them still hold, and rebuilds it otherwise, with a message.
+Crash-safe (temporary files renamed into place) and safe for concurrent builders
+(DDP ranks take turns on a lock file). Images are decoded by celeba.load_image.
 """
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ except ImportError:  # Windows: no lock; let one process build first
     fcntl = None
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ._types import PathLike
-from .celeba import DataNotFoundError
-from .checkpoint import atomic_open, free_space
+from .celeba import DataNotFoundError, check_settings, find_celeba, list_images, load_image
+from .env import is_kaggle, kaggle_input_dir, kaggle_working_dir
 from .errors import DDPMError
+from .files import free_space, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +126,6 @@ def _damage(npy: Path, meta: dict, full: bool) -> str:
 
 def _decode_chunk(job: tuple[list[str], str, int, int]) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode a chunk of paths (runs in a worker); return the good images (k, H, W, C) and the failures."""
-    from .data import load_image   # data imports this module; the decoder is looked up when a build runs
     paths, crop, image_size, channels = job
     good, failed = [], []
     for p in paths:
@@ -161,7 +163,6 @@ def _remove(*paths: Path) -> None:
 def _decode_all(paths: list[str], out: np.ndarray, crop: str, image_size: int, channels: int,
                 workers: int, progress: bool, desc: str) -> tuple[int, list[tuple[str, str]]]:
     """Decode paths into out (N, H, W, C) in order, packing good images at the front; return (count, failures)."""
-    from tqdm.auto import tqdm
 
     chunk = max(1, min(256, math.ceil(len(paths) / (workers * 4))))
     jobs = [(paths[i:i + chunk], crop, image_size, channels) for i in range(0, len(paths), chunk)]
@@ -214,12 +215,6 @@ def _compact(tmp_npy: Path, packed_path: Path, count: int) -> None:
     os.replace(packed_path, tmp_npy)
 
 
-def _write_json(path: Path, record: dict) -> None:
-    """Write a JSON file atomically (checkpoint.atomic_open: temporary file, fsync, rename)."""
-    with atomic_open(path, "w") as f:
-        json.dump(record, f, indent=1)
-
-
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive lock on lock_path (blocking) while the body runs; a no-op where fcntl is missing."""
@@ -264,7 +259,6 @@ def build_cache(paths: Sequence[PathLike], cache_path: PathLike, crop: str, imag
     is the commit marker. Concurrent builders of one cache (e.g. DDP ranks) take turns on a lock file
     (name.lock, POSIX only): the first builds, the others wait and then reuse its result.
     """
-    from .data import check_settings
     check_settings(crop, image_size, channels)
     paths = [os.fspath(p) for p in paths]
     if not paths:
@@ -335,7 +329,7 @@ def _write_cache(paths: list[str], files: dict[str, Path], wanted: dict, stats: 
                   "skipped": [{"path": p, "error": e} for p, e in failures],
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "build_seconds": round(time.perf_counter() - start, 2)}
-        _write_json(files["json"], record)             # the commit (atomic)
+        write_json(files["json"], record, indent=1)             # the commit (atomic)
     finally:
         _remove(files["tmp_npy"], files["tmp2_npy"])
     return failures
@@ -392,7 +386,6 @@ def _cache_problems(npy: Path, meta: dict) -> list[str]:
 
 def default_cache_dir() -> Path:
     """Where caches go when DataConfig.cache_dir is None: /kaggle/working/cache on Kaggle, else ./cache."""
-    from .notebook_setup import is_kaggle, kaggle_working_dir  # Kaggle = its own variable, not a /kaggle folder
     return kaggle_working_dir() / "cache" if is_kaggle() else Path.cwd() / "cache"
 
 
@@ -400,7 +393,6 @@ def usable_cache_dir(folder: Optional[PathLike], name: Optional[str]) -> Path:
     """Where to read or build the cache file ``name``: folder (default_cache_dir() when None), unless folder lies
     under the read-only Kaggle inputs and does not already hold ``name`` — building there would write into
     /kaggle/input (notebook 05 reads 04's config, whose cache folder may be an input 05 lacks): then the default."""
-    from .notebook_setup import kaggle_input_dir
     if folder is None:
         return default_cache_dir()
     folder = Path(folder).expanduser()
@@ -418,3 +410,36 @@ def cache_name(split: str, crop: str, image_size: int, channels: int, count: Opt
     suffix = f"_n{count}" if count is not None else ""
     return f"celeba_{split}_{crop}_{image_size}px_c{channels}{suffix}.npy"
 
+
+def cache_file_name(data_cfg, kaggle_input: Optional[PathLike] = None) -> Optional[str]:
+    """The file name prepare_images gives data_cfg's cache, or None when CelebA is not found (no cache then)."""
+    try:
+        location = find_celeba(data_cfg.root, kaggle_input if kaggle_input is not None else kaggle_input_dir())
+        count = len(list_images(location, data_cfg.split)[:data_cfg.max_images]) if data_cfg.max_images else None
+    except (DataNotFoundError, OSError, ValueError):
+        return None
+    return cache_name(data_cfg.split, data_cfg.crop, data_cfg.image_size, data_cfg.channels, count)
+
+
+def cache_dir_for(run, data_cfg, kaggle_input: Optional[PathLike] = None, max_depth: int = 5) -> Path:
+    """Where data_cfg's uint8 image cache is read from or built.
+
+    Outside Kaggle: run.out_dir/cache. On Kaggle: the folder under kaggle_input that already holds a committed
+    copy (the previous version's output, or a dataset made from one), used in place, read-only, never copied;
+    otherwise /kaggle/working/cache, so that the next version finds it in this version's output. (A version
+    that reused its input's cache does not save one, so the version after it builds again; a dataset made from
+    the cache folder, attached as an input, avoids even that.)
+    """
+    own = Path(run.out_dir) / "cache"
+    if not run.on_kaggle:
+        return own
+    root = Path(kaggle_input) if kaggle_input is not None else kaggle_input_dir()
+    name = cache_file_name(data_cfg, root)
+    if name is None:
+        return own
+    stem = name[: -len(".npy")]
+    for depth in range(max_depth):
+        for meta in sorted(root.glob("*/" * depth + f"{stem}.json")):
+            if meta.with_name(name).is_file():
+                return meta.parent
+    return own

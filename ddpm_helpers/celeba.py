@@ -7,19 +7,23 @@ torchvision's ``CelebA(download=True)`` is never called (its Google Drive downlo
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+from PIL import Image
+
 from ._types import PathLike
+from .config import CROPS, FULL_HEIGHT, FULL_WIDTH, MIN_IMAGE_SIZE, SPLITS
 from .errors import DDPMError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-SPLITS = {"train": 0, "valid": 1, "test": 2, "all": None}
 PARTITION_NAMES = ("list_eval_partition.csv", "list_eval_partition.txt")
 FIRST_IMAGE = "000001.jpg"
 KAGGLE_DATASET = "jessicali9530/celeba-dataset"
@@ -249,3 +253,75 @@ def list_images(location: CelebALocation, split: str = "train") -> list[Path]:
                        len(wanted), split, location.partition_file, location.image_dir, missing[0])
     return [location.image_dir / n for n in wanted if n in present]
 
+
+# ---------------------------------------------------------------------------------------------
+# Decoding and cropping one image (the cache decodes every image with load_image)
+# ---------------------------------------------------------------------------------------------
+def check_settings(crop: str, image_size: int, channels: int) -> None:
+    """Raise ValueError for an unknown crop, an image size below 8 or a channel count other than 1 or 3."""
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop {crop!r}; choose from {sorted(CROPS)}")
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE} (e.g. 16, 32, 64, 128), "
+                         f"got {image_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+
+
+def crop_box(crop: str, width: int, height: int) -> tuple[int, int, int, int]:
+    """The crop box (left, top, right, bottom) for an image of this size; PIL convention, right/bottom exclusive.
+
+    Boxes are defined on a 178×218 image. For another size the 178×218 frame is scaled by
+    s = min(width / 178, height / 218) and centred, so a square box stays square; for CelebA's aspect
+    ratio this is plain proportional scaling (89×109 → ddim_128 box (12, 28, 76, 92)).
+    """
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop {crop!r}; choose from {sorted(CROPS)}")
+    left, top, box_w, box_h = CROPS[crop]
+    s = min(width / FULL_WIDTH, height / FULL_HEIGHT)
+    offset_x, offset_y = (width - FULL_WIDTH * s) / 2, (height - FULL_HEIGHT * s) / 2
+    w, h = min(width, max(1, round(box_w * s))), min(height, max(1, round(box_h * s)))
+    x0 = min(max(0, math.floor(offset_x + left * s + 1e-6)), width - w)
+    y0 = min(max(0, math.floor(offset_y + top * s + 1e-6)), height - h)
+    return x0, y0, x0 + w, y0 + h
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode (L, LA, RGBA, CMYK, P, I;16, ...) to 'RGB' (channels=3) or 'L' (channels=1)."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        img = Image.fromarray(_scale_to_uint8(np.asarray(img)))
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Map a 16-bit / 32-bit / float image onto 0..255 (uint8) by its dtype range."""
+    top = 65535.0 if a.max(initial=0) > 255 else 255.0
+    return np.clip(np.round(a.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+class ImageTooSmallError(DDPMError, ValueError):
+    """An image whose crop is smaller than the requested size: it would be upscaled into the training data."""
+
+
+def load_image(path: PathLike, crop: str = "ddim_128", image_size: int = 64, channels: int = 3) -> np.ndarray:
+    """Decode one image, crop it by name, resize it (antialiased bilinear) and return uint8.
+
+    Returns (image_size, image_size, channels) uint8. Raises (OSError, SyntaxError, ValueError, ...)
+    on a corrupt or truncated file, and ImageTooSmallError when the crop box is smaller than image_size
+    (a 1-pixel image would otherwise be upscaled into a flat square); the cache builder skips and lists those.
+    """
+    check_settings(crop, image_size, channels)
+    with Image.open(path) as img:
+        img.load()  # decode fully now: a truncated file raises here, not later
+        left, top, right, bottom = box = crop_box(crop, *img.size)
+        if min(right - left, bottom - top) < image_size:
+            raise ImageTooSmallError(f"{img.size[0]}×{img.size[1]} image: its {crop} crop is {right - left}×"
+                                     f"{bottom - top} pixels, smaller than {image_size}; it would be upscaled")
+        img = img.crop(box)
+    img = _to_mode(img, channels)
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
+    array = np.array(img, dtype=np.uint8)  # a writable copy
+    return array[:, :, None] if array.ndim == 2 else array

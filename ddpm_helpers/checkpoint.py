@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ._types import PathLike
+from . import files
+from ._types import PathLike, moved_names
 from .config import DataConfig, DiffusionConfig, TrainConfig, UNetConfig
 from .errors import DDPMError
+from .files import atomic_save, free_space
+from .schedule import NoiseSchedule
+from .unet import UNet
 
-if TYPE_CHECKING:
-    from .schedule import NoiseSchedule
+# Names that lived here before issue 19 (file helpers moved to files): see moved_names.
+__getattr__ = moved_names(__name__, {"atomic_open": files})
 
 FORMAT = "ddpm_helpers/1"
 # atomic_open's temporary files: ".<name>.<8 random characters>.tmp" beside the target (tempfile.mkstemp)
@@ -47,56 +47,6 @@ class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (disk full, permission, read-only file system)."""
 
 
-def _umask() -> int:
-    """The process's umask (Python has no getter: set it and put it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_open(path: PathLike, mode: str = "wb"):
-    """Write through a temporary file beside ``path``; on success fsync and os.replace it onto ``path``.
-
-    A crash or an exception leaves the old file (or none) and never a half-written one. The file gets
-    the mode any new file would get (0o666 minus the umask), not mkstemp's private 0o600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save(obj: Any, path: PathLike) -> Path:
-    """torch.save through :func:`atomic_open`: a checkpoint file is either complete or absent.
-
-    torch's zip writer reports a failed write (a full disk) as a RuntimeError ("PytorchStreamWriter failed
-    writing file", "[enforce fail at inline_container.cc] unexpected pos"): it is raised as the OSError it is.
-    """
-    path = Path(path)
-    with atomic_open(path) as f:
-        try:
-            torch.save(obj, f)
-        except RuntimeError as e:
-            if "PytorchStreamWriter" not in str(e) and "inline_container" not in str(e):
-                raise
-            full = shutil.disk_usage(path.parent).free < 16 * 2 ** 20   # the partial file is still there
-            code = errno.ENOSPC if full else errno.EIO
-            raise OSError(code, os.strerror(code), str(path)) from e
-    return path
-
-
 def save_checkpoint_file(obj: Any, path: PathLike) -> Path:
     """atomic_save for a run's checkpoint; an OS error (no space, permission) becomes a CheckpointWriteError
     saying that this checkpoint was not written, which earlier one is intact, and how much space is free."""
@@ -110,14 +60,6 @@ def save_checkpoint_file(obj: Any, path: PathLike) -> Path:
                                    f"({free_space(path.parent)}); {kept}. "
                                    "Free some space (or fix the folder's permissions) and resume with --resume."
                                    ) from e
-
-
-def free_space(folder: PathLike) -> str:
-    """'12.34 GiB free on <folder>', for the messages of failed writes."""
-    try:
-        return f"{shutil.disk_usage(folder).free / 2 ** 30:.2f} GiB free on {folder}"
-    except OSError:
-        return f"free space on {folder} unknown"
 
 
 def leftover_temp_files(folder: PathLike) -> List[Path]:
@@ -215,7 +157,8 @@ def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
     except Exception as e:  # truncated / not a torch file
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a ddpm_helpers checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, expected {FORMAT!r})")
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a ddpm_helpers checkpoint (format {found!r}, expected {FORMAT!r})")
     return ckpt
 
 
@@ -280,13 +223,11 @@ def check_same_data(ckpt: Dict[str, Any], identity: Dict[str, Any], path: PathLi
         + "\nPoint --data at the run's data, or pass --allow-data-change to continue on this data anyway.")
 
 
-def load_model(path: PathLike, ema: bool = True, device="cpu") -> Tuple[torch.nn.Module, "NoiseSchedule", TrainConfig]:
+def load_model(path: PathLike, ema: bool = True, device="cpu") -> Tuple[torch.nn.Module, NoiseSchedule, TrainConfig]:
     """Load a U-Net (EMA weights by default) and its schedule from a checkpoint, for sampling.
 
     Returns (model in eval mode on device, NoiseSchedule on device, TrainConfig).
     """
-    from .schedule import NoiseSchedule
-    from .unet import UNet
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])
     model = UNet(cfg.model)

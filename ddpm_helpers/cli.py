@@ -20,11 +20,33 @@ import re
 import shlex
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from .config import AMP_NAMES, CROP_NAMES, SPLIT_NAMES, TRAIN_PRESETS, UNET_PRESETS
+import torch
+
+from . import kaggle
+from .celeba import DataNotFoundError, find_celeba
+from .config import (
+    AMP_NAMES,
+    CROP_NAMES,
+    FIGURE_PARTS,
+    SAMPLER_NAMES,
+    SPLIT_NAMES,
+    TRAIN_PRESETS,
+    UNET_PRESETS,
+    VARIANCE_NAMES,
+    DataConfig,
+    parse_duration,
+)
+from .data import prepare_images
 from .errors import ConfigError, DDPMError
+from .evaluate import evaluate_sample_folder, reference_config
+from .fast_sampling import MODES as FAST_MODES
+from .files import write_json
+from .generate import read_samples_json, sample_from_checkpoint
+from .swd import swd_of_sample_folder
 
 EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
 DEBUG_ENV = "DDPM_DEBUG"
@@ -88,21 +110,6 @@ def eta_value(text: str) -> float:
     return value
 
 
-def parse_duration(text: Any) -> Optional[float]:
-    """'11h30m', '90m', '45s', '1.5h' or a number of seconds → seconds (None and '' stay None)."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, (int, float)):
-        return float(text)
-    s = str(text).strip().lower().replace(" ", "")
-    if re.fullmatch(r"\d+(\.\d+)?", s):
-        return float(s)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", s)
-    if not parts or "".join(n + u for n, u in parts) != s:
-        raise ValueError(f"cannot read duration {text!r}; use e.g. 11h30m, 90m, 45s or 3600 (seconds)")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-
-
 def duration(text: str) -> float:
     """A time budget > 0: '11h30m', '90m', '45s' or seconds."""
     try:
@@ -116,7 +123,6 @@ def duration(text: str) -> float:
 
 def device_name(text: str) -> str:
     """cpu, cuda, cuda:N or mps, and only one this machine has."""
-    import torch
     try:
         dev = torch.device(text)
     except RuntimeError:
@@ -191,8 +197,6 @@ def resolve_preset(name: str, data_root: Optional[str] = None) -> str:
     """'auto' → celeba64 on a GPU with CelebA, cpu-celeba on a CPU with CelebA, else cpu (offline faces)."""
     if name != "auto":
         return name
-    import torch
-    from .data import DataNotFoundError, find_celeba
     try:
         find_celeba(data_root)
     except DataNotFoundError:
@@ -233,7 +237,6 @@ def _data_location(cfg) -> Optional[str]:
     (None: the offline faces)."""
     if cfg.data.root:
         return str(Path(cfg.data.root).expanduser().resolve())
-    from .data import DataNotFoundError, find_celeba
     try:
         return str(find_celeba(None).image_dir.resolve())
     except DataNotFoundError:
@@ -262,7 +265,7 @@ def continue_command(args: argparse.Namespace, preset: str, cfg) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import train  # optional: heavy (matplotlib for the loss curve), only the train command needs it
     name, cfg = build_train_config(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
@@ -282,14 +285,12 @@ def run_train(args: argparse.Namespace) -> int:
 # sample
 # ---------------------------------------------------------------------------------------------
 def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from .fast_sampling import MODES as FAST_MODES
-    from .generate import SAMPLERS, VARIANCES
     p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (default) or ddpm (all T steps)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="ddim (default) or ddpm (all T steps)")
     p.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default 50, at most T); DDPM uses T")
     p.add_argument("--eta", type=eta_value, default=0.0, help="DDIM η: 0 deterministic (default), 1 ≈ DDPM")
-    p.add_argument("--variance", choices=VARIANCES, default=None,
+    p.add_argument("--variance", choices=VARIANCE_NAMES, default=None,
                    help="DDPM σ_t²: beta (the report's) or posterior (β̃); default: the checkpoint's")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sample i starts from noise seeded by (seed, i)")
     p.add_argument("--out", default=None, help="write one grid PNG here")
@@ -305,7 +306,6 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from .generate import sample_from_checkpoint
     if args.out is None and args.out_dir is None:
         raise ConfigError("sample needs --out (a grid PNG) and/or --out-dir (single PNGs for metrics)")
     if args.sampler == "ddpm" and args.steps is not None:
@@ -360,11 +360,6 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import json
-    import warnings
-    from .checkpoint import atomic_open
-    from .evaluate import evaluate_sample_folder, reference_config
-    from .generate import read_samples_json
     if not Path(args.samples).is_dir():
         raise ConfigError(f"--samples {args.samples}: no such folder (write one with `sample --out-dir`)")
     meta = read_samples_json(args.samples) or {}
@@ -372,7 +367,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                  channels=args.channels, n_real=args.n_real, cache_dir=args.cache_dir)
     swd = None
     if not args.no_swd:           # needs no download, so it comes first and is printed even when FID cannot run
-        from .swd import swd_of_sample_folder
         try:
             swd = swd_of_sample_folder(args.samples, meta, reference, root=args.data, n=args.swd_n, seed=args.seed)
             print(swd)
@@ -387,9 +381,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                         inception_weights=args.inception_weights, progress=True)
     print(result)
     if args.json:
-        with atomic_open(args.json, "w") as f:
-            json.dump({**result.as_dict(), "samples": str(args.samples), "checkpoint": meta.get("checkpoint"),
-                       "swd": swd.as_dict() if swd is not None else None}, f, indent=2)
+        write_json(args.json, {**result.as_dict(), "samples": str(args.samples), "checkpoint": meta.get("checkpoint"),
+                               "swd": swd.as_dict() if swd is not None else None})
     return 0
 
 
@@ -408,8 +401,6 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from .config import DataConfig
-    from .data import prepare_images
     cfg = DataConfig(root=args.data, split=args.split, crop=args.crop, image_size=args.image_size,
                      channels=args.channels, max_images=args.max_images, cache_dir=args.cache_dir,
                      offline_fallback=False)
@@ -437,7 +428,6 @@ def add_kaggle_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_kaggle(args: argparse.Namespace) -> int:
-    from . import kaggle
     if not (Path(args.repo_root) / "ddpm_helpers" / "__init__.py").is_file():
         raise ConfigError(f"--repo-root {args.repo_root} does not hold the ddpm_helpers package (no "
                           "ddpm_helpers/__init__.py): run from the repository root, or point --repo-root there")
@@ -451,22 +441,21 @@ def run_kaggle(args: argparse.Namespace) -> int:
 # figures
 # ---------------------------------------------------------------------------------------------
 def figure_parts(text: str) -> Tuple[str, ...]:
-    """A comma-separated subset of figures.PARTS, e.g. 'samples,curves'."""
-    from .figures import PARTS
+    """A comma-separated subset of config.FIGURE_PARTS, e.g. 'samples,curves'."""
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    if not parts or any(p not in PARTS for p in parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated subset of {','.join(PARTS)}")
+    if not parts or any(p not in FIGURE_PARTS for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated subset of {','.join(FIGURE_PARTS)}")
     return parts
 
 
 def add_figures_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from .generate import SAMPLERS
     p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
     p.add_argument("--out", required=True, help="folder for the figures, figures.json and captions.md")
     p.add_argument("--prefix", default="", help="put before every file name, e.g. celeba32_")
     p.add_argument("--n", type=positive_int, default=None, help="samples in the grid (default 64; 16 with --quick)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sample i starts from noise seeded by (seed, i)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="the grid's and SWD's sampler (default ddim)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
+                   help="the grid's and SWD's sampler (default ddim)")
     p.add_argument("--steps", type=positive_int, default=None, help="their DDIM steps (default 50)")
     p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--data", default=None, help="CelebA folder, when not where the checkpoint's run found it")
@@ -484,11 +473,11 @@ def add_figures_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def run_figures(args: argparse.Namespace) -> int:
-    from .figures import PARTS, draw_figures
+    from .figures import draw_figures  # optional: heavy (matplotlib), only the figures command draws
     result = draw_figures(args.checkpoint, args.out, prefix=args.prefix, n=args.n, seed=args.seed,
                           sampler=args.sampler, steps=args.steps, device=args.device, data=not args.no_data,
                           data_root=args.data, quick=args.quick, swd_n=args.swd_n, ema=args.ema,
-                          trained_on=args.trained_on, parts=args.only or PARTS, progress=not args.quiet)
+                          trained_on=args.trained_on, parts=args.only or FIGURE_PARTS, progress=not args.quiet)
     count = sum(len(paths) for paths in result.files.values())
     print(f"[figures] {count} figure files in {result.out_dir}; facts in {result.json_path.name}, captions in "
           f"{result.captions_path.name}")

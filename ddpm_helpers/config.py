@@ -8,20 +8,60 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
 from .errors import ConfigError
 
-# The names a config may use (data.py holds the crop boxes; these are the names the flags accept)
-CROP_NAMES = ("ddim_128", "center_140", "center_178")
-SPLIT_NAMES = ("train", "valid", "test", "all")
+# The names a config may use. Crops are defined in the coordinates of a full-size aligned CelebA image (178 wide
+# × 218 high) and scaled in proportion for other sizes (celeba.crop_box); ddim_128 follows ermongroup/ddim,
+# center_140 NCSN / score-SDE. Splits map to the value of CelebA's partition file (None: every image).
+# Reference frame of an aligned CelebA image, and the crop boxes in it: (left, top, width, height).
+FULL_WIDTH, FULL_HEIGHT = 178, 218
+CROPS = {
+    "ddim_128": (25, 57, 128, 128),     # rows 57–184, cols 25–152 (ermongroup/ddim)
+    "center_140": (19, 39, 140, 140),   # rows 39–178, cols 19–158 (NCSN, NCSNv2, score-SDE)
+    "center_178": (0, 20, 178, 178),    # rows 20–197, the full width
+}
+CROP_NAMES = tuple(CROPS)
+SPLITS = {"train": 0, "valid": 1, "test": 2, "all": None}
+SPLIT_NAMES = tuple(SPLITS)
 NORM_NAMES = ("batch", "group")
 ACT_NAMES = ("relu", "silu")
 SCHEDULE_NAMES = ("linear", "cosine")
 VARIANCE_NAMES = ("beta", "posterior")
 AMP_NAMES = ("auto", "fp16", "bf16", "off")
+SAMPLER_NAMES = ("ddpm", "ddim")
+FIGURE_PARTS = ("samples", "samplers", "reverse", "curves", "data")   # samplers: ddpm_vs_ddim, trajectory, eta;
+# curves: loss, lr_grad_norm; data: nearest and SWD (figures.draw_figures)
 MIN_IMAGE_SIZE = 8
+SEED_STRIDE = 1_000_003   # derive_seed: the seeds of one run's numbered streams are seed·1_000_003 + index
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The seed of stream ``index`` of a run seeded with ``seed``: seed · 1_000_003 + index.
+
+    The package's one seed derivation: epoch e's shuffle (data), sample i's starting noise (generate), the
+    t/ε noise after an inexact resume at step s (state: derive_seed(s, seed·7919 + rank)) and the figures'
+    noise streams all use it, so streams of different indices never share a seed for index < 1_000_003.
+    """
+    return seed * SEED_STRIDE + index
+
+
+def parse_duration(text: Any) -> Optional[float]:
+    """'11h30m', '90m', '45s', '1.5h' or a number of seconds → seconds (None and '' stay None)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", s)
+    if not parts or "".join(n + u for n, u in parts) != s:
+        raise ValueError(f"cannot read duration {text!r}; use e.g. 11h30m, 90m, 45s or 3600 (seconds)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 # The command-line flag of each config field that has one, so that an error names what the user typed
 FLAGS = {"batch_size": "--batch-size", "lr": "--lr", "max_steps": "--max-steps", "epochs": "--epochs",
@@ -260,15 +300,17 @@ TRAIN_PRESETS = {
     "celeba128": _train(dataclasses.replace(UNET_PRESETS["recommended"], depth=5, channel_mults=(1, 1, 2, 4, 8, 8)),
                         128, batch_size=48, lr=1e-4, warmup_steps=1000, epochs=60,
                         sample_every=2000, checkpoint_every=2000, out_dir="runs/celeba128"),
-    # A CPU run on the offline faces (100 LFW crops, grayscale, 32 px): 6,000 steps or 9.5 minutes, whichever comes first.
+    # A CPU run on the offline faces (100 LFW crops, grayscale, 32 px): 6,000 steps or 9.5 minutes, whichever first.
     "cpu": _train(dataclasses.replace(UNET_PRESETS["small"], attention=False, dropout=0.0), 32, channels=1,
-                  data=DataConfig(hflip=True), batch_size=32, lr=1e-3, warmup_steps=200, max_steps=6000, time_budget=570,
+                  data=DataConfig(hflip=True), batch_size=32, lr=1e-3, warmup_steps=200, max_steps=6000,
+                  time_budget=570,
                   ema_decay=0.995, sample_every=1000, sample_n=36, checkpoint_every=500, log_every=25,
                   out_dir="runs/cpu"),
     # A CPU run on CelebA when it is there but no GPU is: 32 px RGB, first 5,000 images.
     "cpu-celeba": _train(dataclasses.replace(UNET_PRESETS["small"], attention=False, dropout=0.0), 32,
                          data=DataConfig(max_images=5000), batch_size=32, lr=1e-3, warmup_steps=200,
-                         max_steps=6000, time_budget=570, ema_decay=0.995, sample_every=1000, sample_n=36, checkpoint_every=500,
+                         max_steps=6000, time_budget=570, ema_decay=0.995, sample_every=1000, sample_n=36,
+                         checkpoint_every=500,
                          log_every=25, out_dir="runs/cpu-celeba"),
     # Seconds-long end-to-end run for tests and CI.
     "smoke": _train(UNET_PRESETS["tiny"], 16, channels=1, diffusion=DiffusionConfig(timesteps=50),

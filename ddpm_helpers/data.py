@@ -1,125 +1,53 @@
-"""The per-step data pipeline: crops, decoding one image, the one-call entry point, and batches.
+"""The per-step data pipeline: the offline faces, the one-call entry point, and batches.
 
-Data flows one way: JPEG files → ``celeba.find_celeba`` / ``celeba.list_images`` → ``load_image`` (crop +
+Data flows one way: JPEG files → ``celeba.find_celeba`` / ``celeba.list_images`` → ``celeba.load_image`` (crop +
 antialiased resize, uint8) → ``cache.build_cache`` (one memory-mapped ``.npy`` of shape (N, H, W, C),
 decoded once) → ``BatchIterator`` (deterministic, resumable uint8 batches (B, C, H, W), random horizontal
-flips) → ``to_model_range`` (float32 in [-1, 1] on the training device).
+flips) → ``images.to_model_range`` (float32 in [-1, 1] on the training device).
 
 ``prepare_images(cfg)`` is the one-call entry point (``prepare_training_data`` adds the data's identity,
 recorded in checkpoints). When CelebA is absent it falls back to ``offline_faces()``: 100 real LFW faces
 shipped inside scikit-image, so the project trains with no download.
 
-Crops are defined in the coordinates of a full-size aligned CelebA image (178 wide × 218 high) and
-scaled in proportion for other sizes, e.g. the 89×109 half-size copy. ``ddim_128`` follows
-ermongroup/ddim (rows 57–184, cols 25–152); ``center_140`` follows NCSN / score-SDE.
-The names of celeba.py and cache.py used across the package are re-exported here.
+Crops are defined in config.CROPS, in the coordinates of a full-size aligned CelebA image (178 wide × 218
+high), and scaled in proportion for other sizes by celeba.crop_box.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ._types import PathLike
-from .cache import (CacheError, build_cache, cache_name, default_cache_dir, files_fingerprint,  # noqa: F401
-                    load_cache)
-from .celeba import (IMAGE_EXTENSIONS, SPLITS, CelebALocation, DataNotFoundError, _check_split,  # noqa: F401
-                     _explicit_root, _not_found, find_celeba, list_images, read_partition)
-from .config import DataConfig
-from .errors import DDPMError
+from . import cache, celeba, config, images
+from ._types import PathLike, moved_names
+from .cache import build_cache, cache_name, default_cache_dir, load_cache
+from .celeba import (
+    DataNotFoundError,
+    _check_split,
+    _explicit_root,
+    _not_found,
+    check_settings,
+    find_celeba,
+    list_images,
+)
+from .config import DataConfig, derive_seed
+
+# Names that lived here (or were re-exported here) before issue 19: see moved_names.
+__getattr__ = moved_names(__name__, {
+    **{n: celeba for n in ("IMAGE_EXTENSIONS", "CelebALocation", "read_partition", "load_image", "crop_box",
+                           "ImageTooSmallError")},
+    **{n: cache for n in ("CacheError", "files_fingerprint")},
+    **{n: config for n in ("SPLITS", "CROPS", "MIN_IMAGE_SIZE", "FULL_WIDTH", "FULL_HEIGHT")},
+    **{n: images for n in ("to_model_range", "from_model_range")},
+})
 
 logger = logging.getLogger(__name__)
-
-MIN_IMAGE_SIZE = 8
-EPOCH_SEED_FACTOR = 1_000_003   # epoch e of a run with seed s shuffles with seed s·1_000_003 + e
-
-# Reference frame of an aligned CelebA image, and the crop boxes in it: (left, top, width, height).
-FULL_WIDTH, FULL_HEIGHT = 178, 218
-CROPS = {
-    "ddim_128": (25, 57, 128, 128),     # rows 57–184, cols 25–152 (ermongroup/ddim)
-    "center_140": (19, 39, 140, 140),   # rows 39–178, cols 19–158 (NCSN, NCSNv2, score-SDE)
-    "center_178": (0, 20, 178, 178),    # rows 20–197, the full width
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Preprocessing
-# ---------------------------------------------------------------------------------------------
-def check_settings(crop: str, image_size: int, channels: int) -> None:
-    """Raise ValueError for an unknown crop, an image size below 8 or a channel count other than 1 or 3."""
-    if crop not in CROPS:
-        raise ValueError(f"unknown crop {crop!r}; choose from {sorted(CROPS)}")
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE} (e.g. 16, 32, 64, 128), "
-                         f"got {image_size!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-
-
-def crop_box(crop: str, width: int, height: int) -> tuple[int, int, int, int]:
-    """The crop box (left, top, right, bottom) for an image of this size; PIL convention, right/bottom exclusive.
-
-    Boxes are defined on a 178×218 image. For another size the 178×218 frame is scaled by
-    s = min(width / 178, height / 218) and centred, so a square box stays square; for CelebA's aspect
-    ratio this is plain proportional scaling (89×109 → ddim_128 box (12, 28, 76, 92)).
-    """
-    if crop not in CROPS:
-        raise ValueError(f"unknown crop {crop!r}; choose from {sorted(CROPS)}")
-    left, top, box_w, box_h = CROPS[crop]
-    s = min(width / FULL_WIDTH, height / FULL_HEIGHT)
-    offset_x, offset_y = (width - FULL_WIDTH * s) / 2, (height - FULL_HEIGHT * s) / 2
-    w, h = min(width, max(1, round(box_w * s))), min(height, max(1, round(box_h * s)))
-    x0 = min(max(0, math.floor(offset_x + left * s + 1e-6)), width - w)
-    y0 = min(max(0, math.floor(offset_y + top * s + 1e-6)), height - h)
-    return x0, y0, x0 + w, y0 + h
-
-
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert any PIL mode (L, LA, RGBA, CMYK, P, I;16, ...) to 'RGB' (channels=3) or 'L' (channels=1)."""
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
-    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
-        img = Image.fromarray(_scale_to_uint8(np.asarray(img)))
-    return img.convert("L" if channels == 1 else "RGB")
-
-
-def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
-    """Map a 16-bit / 32-bit / float image onto 0..255 (uint8) by its dtype range."""
-    top = 65535.0 if a.max(initial=0) > 255 else 255.0
-    return np.clip(np.round(a.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
-
-
-class ImageTooSmallError(DDPMError, ValueError):
-    """An image whose crop is smaller than the requested size: it would be upscaled into the training data."""
-
-
-def load_image(path: PathLike, crop: str = "ddim_128", image_size: int = 64, channels: int = 3) -> np.ndarray:
-    """Decode one image, crop it by name, resize it (antialiased bilinear) and return uint8.
-
-    Returns (image_size, image_size, channels) uint8. Raises (OSError, SyntaxError, ValueError, ...)
-    on a corrupt or truncated file, and ImageTooSmallError when the crop box is smaller than image_size
-    (a 1-pixel image would otherwise be upscaled into a flat square); the cache builder skips and lists those.
-    """
-    check_settings(crop, image_size, channels)
-    with Image.open(path) as img:
-        img.load()  # decode fully now: a truncated file raises here, not later
-        left, top, right, bottom = box = crop_box(crop, *img.size)
-        if min(right - left, bottom - top) < image_size:
-            raise ImageTooSmallError(f"{img.size[0]}×{img.size[1]} image: its {crop} crop is {right - left}×"
-                                     f"{bottom - top} pixels, smaller than {image_size}; it would be upscaled")
-        img = img.crop(box)
-    img = _to_mode(img, channels)
-    if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
-    array = np.array(img, dtype=np.uint8)  # a writable copy
-    return array[:, :, None] if array.ndim == 2 else array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +56,7 @@ def load_image(path: PathLike, crop: str = "ddim_128", image_size: int = 64, cha
 def _lfw_faces() -> np.ndarray:
     """The 100 LFW faces of scikit-image as stored: uint8 (100, 25, 25)."""
     try:
-        from skimage.data import lfw_subset
+        from skimage.data import lfw_subset  # optional: scikit-image, only for the offline faces
     except ImportError as exc:
         raise ImportError("offline_faces needs scikit-image: pip install scikit-image "
                           "(or this package's 'offline' extra)") from exc
@@ -239,7 +167,7 @@ def prepare_training_data(cfg: DataConfig, images: Optional[np.ndarray] = None,
 class BatchIterator:
     """Deterministic, resumable batches from a uint8 array, no JPEG decoding.
 
-    Epoch e uses the permutation torch.randperm(N, generator=torch.Generator().manual_seed(seed * EPOCH_SEED_FACTOR + e));
+    Epoch e uses the permutation torch.randperm(N, generator=torch.Generator().manual_seed(derive_seed(seed, e)));
     with world_size > 1, rank r takes perm[r::world_size] (after truncating to a multiple of world_size);
     drop_last=True drops the incomplete final batch. Flip decisions are drawn from the same per-epoch
     generator (one bool per image, indexed by image, drawn once per epoch after the permutation) so
@@ -272,7 +200,7 @@ class BatchIterator:
     def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's image indices for an epoch (per_rank,) int64 and the flip decision of every image (N,) bool."""
         n = len(self.images)
-        generator = torch.Generator().manual_seed(self.seed * EPOCH_SEED_FACTOR + epoch)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
         perm = torch.randperm(n, generator=generator)
         flips = torch.rand(n, generator=generator) < 0.5 if self.hflip else torch.zeros(n, dtype=torch.bool)
         mine = perm[: self.per_rank * self.world_size][self.rank::self.world_size]
@@ -304,22 +232,3 @@ class BatchIterator:
         for r, mirrored in enumerate(flip.tolist()):
             out[r] = (rows[r, :, ::-1] if mirrored else rows[r]).transpose(2, 0, 1)  # (H, W, C) → (C, H, W)
         return batch
-
-
-def to_model_range(batch_uint8: torch.Tensor, device: Optional[Union[str, torch.device]] = None,
-                   channels_last: bool = False) -> torch.Tensor:
-    """Move a uint8 batch to the device (non_blocking) and map it to float32 in [-1, 1]: x / 127.5 − 1.
-
-    (B, C, H, W) uint8 → (B, C, H, W) float32; 0 → −1 and 255 → 1 exactly.
-    """
-    if batch_uint8.dtype != torch.uint8:
-        raise ValueError(f"expected a uint8 batch, got {batch_uint8.dtype}")
-    x = batch_uint8.to(device, non_blocking=True) if device is not None else batch_uint8
-    x = x.float().div_(127.5).sub_(1.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def from_model_range(x: torch.Tensor) -> torch.Tensor:
-    """Map model-range images back to uint8: clamp to [-1, 1], then round((x + 1) · 127.5). Shape unchanged."""
-    return ((x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round_().to(torch.uint8)
-

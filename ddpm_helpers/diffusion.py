@@ -1,4 +1,6 @@
-"""The diffusion process: forward noising, the training objective, the reverse step and samplers.
+"""Taught in notebooks 01, 04, 05.
+
+The diffusion process: forward noising, the training objective, the reverse step and samplers.
 
 The math owns no network: the model is passed into each call (``p_sample(model, x, t, schedule)``),
 so the forward process can be taught and tested before a U-Net exists. Timesteps are 0-based

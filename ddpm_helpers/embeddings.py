@@ -1,4 +1,6 @@
-"""Sinusoidal time embeddings, exactly as the report writes them, and the MLP that follows."""
+"""Taught in notebook 02.
+
+Sinusoidal time embeddings, exactly as the report writes them, and the MLP that follows."""
 from __future__ import annotations
 
 import torch

@@ -27,10 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from .errors import ConfigError, DDPMError
-from .runtime import default_device
 
 from ._types import PathLike
+from .cache import default_cache_dir
+from .config import DataConfig
+from .data import prepare_images
+from .errors import ConfigError, DDPMError
+from .files import atomic_save
+from .generate import read_samples_json
+from .images import DamagedImageError, from_model_range, read_png, to_model_range
+from .runtime import default_device
+
 Images = Union[np.ndarray, torch.Tensor, str, os.PathLike]
 
 REFERENCE_FORMAT = "ddpm_helpers/reference/1"
@@ -42,7 +49,8 @@ DOWNLOAD_HELP = ("the Inception weights could not be downloaded (no internet?) �
 
 
 class MetricsUnavailable(DDPMError, RuntimeError):
-    """The metrics cannot run here: the Inception weights (or torch-fidelity) are missing. The message says what to do."""
+    """The metrics cannot run here: the Inception weights (or torch-fidelity) are missing. The message says what to
+    do."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,14 +83,15 @@ class SimpleFeatures(nn.Module):
         return f"simple-{self.num_features}-seed{self.seed}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float() / 127.5 - 1.0                          # uint8 → [−1, 1], (B, 3, H, W)
+        h = to_model_range(x)                                # uint8 → [−1, 1], (B, 3, H, W)
         h = F.leaky_relu(self.conv1(h), 0.2)                 # (B, width, H/2, W/2)
         h = F.leaky_relu(self.conv2(h), 0.2)                 # (B, d, H/4, W/4)
         return h.mean(dim=(2, 3))                            # (B, d)
 
 
 class InceptionFeatures(nn.Module):
-    """The FID Inception-v3 (torchmetrics' NoTrainInceptionV3, TF-compatible weights via torch-fidelity), pool3 features.
+    """The FID Inception-v3 (torchmetrics' NoTrainInceptionV3, TF-compatible weights via torch-fidelity), pool3
+    features.
 
     uint8 (B, 3, H, W), any H and W (resized to 299 inside) → (B, 2048) float32.
     """
@@ -102,12 +111,14 @@ def _build_inception(weights_path: Optional[PathLike]) -> nn.Module:
     if weights_path is not None and not Path(weights_path).is_file():
         raise MetricsUnavailable(f"no Inception weights file at {weights_path}")
     try:
-        from torchmetrics.image import fid as tm_fid
+        from torchmetrics.image import fid as tm_fid  # optional: torchmetrics, only for FID/KID
     except ImportError as e:
-        raise MetricsUnavailable(f"torchmetrics is not installed ({e}): pip install torchmetrics torch-fidelity") from None
+        raise MetricsUnavailable(f"torchmetrics is not installed ({e}): pip install torchmetrics torch-fidelity"
+                                 ) from None
     try:
         return tm_fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_DIMS)],
-                                         feature_extractor_weights_path=None if weights_path is None else str(weights_path))
+                                         feature_extractor_weights_path=(None if weights_path is None
+                                                                         else str(weights_path)))
     except ImportError as e:   # ModuleNotFoundError: torch-fidelity missing
         raise MetricsUnavailable(f"torch-fidelity is not installed ({e}): pip install torch-fidelity") from None
     except Exception as e:
@@ -131,7 +142,8 @@ def _download_failure(e: Exception) -> MetricsUnavailable:
 
 def build_extractor(feature: Union[str, nn.Module] = "inception",
                     inception_weights: Optional[PathLike] = None) -> nn.Module:
-    """"inception" (downloads weights; MetricsUnavailable when it cannot), "simple" (SimpleFeatures()) or a module as is."""
+    """"inception" (downloads weights; MetricsUnavailable when it cannot), "simple" (SimpleFeatures()) or a module
+    as is."""
     if isinstance(feature, nn.Module):
         return feature
     if feature == "inception":
@@ -210,14 +222,12 @@ class ImageSource:
             if self.channels_last:
                 batch = batch.permute(0, 3, 1, 2)              # (B, H, W, C) → (B, C, H, W)
             if self.float_range:
-                from .data import from_model_range
                 batch = from_model_range(batch)                # [−1, 1] → uint8
         return batch[:, :3].contiguous()
 
     def _read(self, path: Path) -> torch.Tensor:
         """One file as uint8 (C, H, W); DamagedImageError naming it when it cannot be decoded or has another
         size than the set's first image."""
-        from .generate import DamagedImageError, read_png
         image = read_png(path)
         shape = getattr(self, "shape", None)
         if shape is not None and tuple(image.shape) != tuple(shape):
@@ -232,7 +242,8 @@ class ImageSource:
             yield self.take(range(lo, min(lo + batch_size, self.n)))
 
     def fingerprint(self, probes: int = 16) -> str:
-        """SHA-256 (shortened) of the count, shape and ``probes`` evenly spaced images: tells image sets apart cheaply."""
+        """SHA-256 (shortened) of the count, shape and ``probes`` evenly spaced images: tells image sets apart
+        cheaply."""
         h = hashlib.sha256(f"{self.n}:{self.shape}".encode())
         idx = sorted(set(np.linspace(0, self.n - 1, min(probes, self.n)).round().astype(int).tolist()))
         h.update(self.take(idx).numpy().tobytes())
@@ -264,7 +275,8 @@ def extract_features(images: Union[Images, ImageSource], extractor: nn.Module, b
 # Reference features, computed once and cached
 # ---------------------------------------------------------------------------------------------
 def reference_key(source: ImageSource, extractor: nn.Module, reference: str = "") -> Dict[str, Any]:
-    """What identifies a set of reference features: the description (data set, crop), size, count, extractor, content."""
+    """What identifies a set of reference features: the description (data set, crop), size, count, extractor,
+    content."""
     return {"reference": reference, "shape": list(source.shape), "n": source.n,
             "extractor": extractor_name(extractor), "fingerprint": source.fingerprint()}
 
@@ -281,8 +293,8 @@ def reference_cache_path(cache: PathLike, key: Dict[str, Any]) -> Path:
 
 def reference_features(real: Union[Images, ImageSource], extractor: nn.Module, cache: Optional[PathLike] = None,
                        reference: str = "", batch_size: int = 64, device=None, progress: bool = False) -> torch.Tensor:
-    """The real images' features (N, d) float32, read from ``cache`` when it holds this key, else computed and cached."""
-    from .checkpoint import atomic_save
+    """The real images' features (N, d) float32, read from ``cache`` when it holds this key, else computed and
+    cached."""
     source = as_image_source(real)
     if cache is None:
         return extract_features(source, extractor, batch_size, device, progress, desc="reference features")
@@ -296,7 +308,7 @@ def reference_features(real: Union[Images, ImageSource], extractor: nn.Module, c
         if isinstance(stored, dict) and stored.get("format") == REFERENCE_FORMAT and stored.get("key") == key:
             return stored["features"]
         warnings.warn(f"{path} holds reference features for other settings (or is unreadable); recomputing and "
-                      "overwriting it")
+                      "overwriting it", stacklevel=2)
     features = extract_features(source, extractor, batch_size, device, progress, desc="reference features")
     atomic_save({"format": REFERENCE_FORMAT, "key": key, "features": features}, path)
     return features
@@ -310,7 +322,7 @@ def frechet_distance(real_features: torch.Tensor, fake_features: torch.Tensor) -
 
     FID = ‖μ_r − μ_f‖² + Tr(Σ_r + Σ_f − 2 (Σ_r Σ_f)^{1/2}).  real_features: (N_r, d); fake_features: (N_f, d).
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.fid import FrechetInceptionDistance  # optional: torchmetrics, only for FID
     metric = FrechetInceptionDistance(feature=PrecomputedFeatures(real_features.shape[1]))
     metric.update(real_features.double(), real=True)
     metric.update(fake_features.double(), real=False)
@@ -324,7 +336,7 @@ def kernel_distance(real_features: torch.Tensor, fake_features: torch.Tensor, su
     KID = unbiased MMD² with k(x, y) = (xᵀy / d + 1)³, on ``subsets`` draws of ``subset_size`` features of
     each set (seeded). real_features: (N_r, d); fake_features: (N_f, d).
     """
-    from torchmetrics.image.kid import KernelInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance  # optional: torchmetrics, only for KID
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)     # "will save all extracted features in buffer"
         metric = KernelInceptionDistance(feature=PrecomputedFeatures(real_features.shape[1]), subsets=subsets,
@@ -397,7 +409,8 @@ def compute_metrics(fake: Union[Images, ImageSource], real: Union[Images, ImageS
     fake_f = extract_features(fake_src, extractor, batch_size, device, progress, desc="sample features")
     if min(fake_src.n, real_src.n) < real_f.shape[1]:
         warnings.warn(f"FID from {min(fake_src.n, real_src.n):,} images with {real_f.shape[1]}-d features is strongly "
-                      "biased upwards (singular covariance); use at least 10,000 for numbers to compare with papers")
+                      "biased upwards (singular covariance); use at least 10,000 for numbers to compare with papers",
+                      stacklevel=2)
     subset = min(kid_subset_size, fake_src.n, real_src.n)
     kid_mean, kid_std = kernel_distance(real_f, fake_f, subset, kid_subsets, seed)
     return MetricResult(fid=frechet_distance(real_f, fake_f), kid_mean=kid_mean, kid_std=kid_std, n_fake=fake_src.n,
@@ -419,7 +432,6 @@ def reference_config(meta: Dict[str, Any], root: Optional[str] = None, split: st
     """A DataConfig for the reference set: the arguments first, then the samples' training data settings
     (samples.json's ``meta``), then the defaults. Never the offline LFW faces: CelebA samples are scored against
     CelebA."""
-    from .config import DataConfig
     data = meta.get("data") or {}
     default = DataConfig()
     return DataConfig(root=root, split=split, crop=crop or data.get("crop") or default.crop,
@@ -437,13 +449,11 @@ def evaluate_sample_folder(samples: PathLike, reference, n_fake: Optional[int] =
     warning. metric_kwargs go to compute_metrics (feature, kid_subset_size, kid_subsets, batch_size, seed,
     inception_weights, progress).
     """
-    from .data import default_cache_dir, prepare_images
-    from .generate import read_samples_json
     meta = read_samples_json(samples) or {}
     fake = as_image_source(samples, limit=n_fake)
     if meta.get("n") and fake.n < min(meta["n"], n_fake or meta["n"]):
         warnings.warn(f"{samples} holds {fake.n} of the {meta['n']} samples its samples.json asks for (an "
-                      "interrupted run? `sample` again with the same flags resumes it)")
+                      "interrupted run? `sample` again with the same flags resumes it)", stacklevel=2)
     real, description = prepare_images(reference)
     device = default_device(device)
     cache = Path(reference.cache_dir).expanduser() if reference.cache_dir else default_cache_dir()

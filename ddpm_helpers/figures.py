@@ -36,16 +36,25 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import plotting
-from .diffusion import ddim_sample, ddim_timesteps, ddpm_sample
-
 from ._types import PathLike
+from .cache import cache_file_name, usable_cache_dir
+from .celeba import DataNotFoundError
+from .checkpoint import load_checkpoint, load_model
+from .config import FIGURE_PARTS, TRAIN_PRESETS, derive_seed
+from .data import offline_faces, prepare_images
+from .diffusion import ddim_sample, ddim_timesteps, ddpm_sample
+from .files import atomic_open, write_json
+from .generate import generate, initial_noise, resolve_checkpoint
+from .images import image_grid, to_unit_range, unit_to_uint8, write_grid
+from .runtime import default_device
+from .swd import heldout_images, swd_report
+
 FIGURES_FORMAT = "ddpm_helpers/figures/1"
 GRID_PRINT_PX = 1050          # the sample grid is enlarged to at least this width: 3.5 in at 300 dpi
 COMPARE_STEPS = (100, 50, 20, 10)
-PARTS = ("samples", "samplers", "reverse", "curves", "data")   # samplers: ddpm_vs_ddim, trajectory, eta;
-# curves: loss, lr_grad_norm; data: nearest and SWD
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,6 @@ class FigureSet:
 # ---------------------------------------------------------------------------------------------
 def guess_preset(cfg) -> str:
     """The name of the training preset whose model, schedule, batch size and learning rate match cfg, else 'custom'."""
-    from .config import TRAIN_PRESETS
     for name, preset in TRAIN_PRESETS.items():
         if (preset.model, preset.diffusion, preset.batch_size, preset.lr) == (cfg.model, cfg.diffusion,
                                                                               cfg.batch_size, cfg.lr):
@@ -147,15 +155,8 @@ def facts_sentence(f: Dict[str, Any]) -> str:
 def write_grid_png(images: torch.Tensor, path: Path, nrow: Optional[int] = None,
                    min_width: int = GRID_PRINT_PX) -> Tuple[Path, int]:
     """A grid of images (B, C, H, W) in [−1, 1] as PNG, enlarged by an integer factor (nearest neighbour) to at
-    least min_width pixels, tagged 300 dpi. Returns (path, factor)."""
-    from PIL import Image
-    grid = plotting.image_grid(images, nrow=nrow)                                    # (3, H', W') in [0, 1]
-    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    factor = max(1, math.ceil(min_width / array.shape[1]))
-    picture = Image.fromarray(array).resize((array.shape[1] * factor, array.shape[0] * factor), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path, dpi=(plotting.PRINT_DPI, plotting.PRINT_DPI))
-    return path, factor
+    least min_width pixels, tagged 300 dpi (images.write_grid). Returns (path, factor)."""
+    return write_grid(images, path, nrow=nrow, min_width=min_width, dpi=plotting.PRINT_DPI)
 
 
 def write_reverse_gif(trajectory, final: torch.Tensor, path: Path, nrow: int, frame_ms: int = 80,
@@ -164,13 +165,11 @@ def write_reverse_gif(trajectory, final: torch.Tensor, path: Path, nrow: int, fr
 
     trajectory: diffusion.Trajectory with every step kept; final: x_0 (B, C, H, W). Returns (path, frames).
     """
-    from PIL import Image
     size = final.shape[-1]
     factor = max(1, 64 // size)                          # tiles of at least 64 px; noise frames compress badly
 
     def frame(xt: torch.Tensor, x0: torch.Tensor) -> Image.Image:
-        both = torch.cat([plotting.image_grid(xt, nrow=nrow), plotting.image_grid(x0, nrow=nrow)], dim=2)
-        array = (both.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        array = unit_to_uint8(torch.cat([image_grid(xt, nrow=nrow), image_grid(x0, nrow=nrow)], dim=2))
         return Image.fromarray(array).resize((array.shape[1] * factor, array.shape[0] * factor), Image.NEAREST)
 
     frames = [frame(trajectory.xt[k], trajectory.x0_pred[k]) for k in range(len(trajectory.steps))]
@@ -195,7 +194,6 @@ class _Drawer:
 
     def __init__(self, path: Path, out: Path, prefix: str, opts: FigureOptions, device: torch.device, ema: bool,
                  log: Callable[[str], None], progress: bool):
-        from .checkpoint import load_checkpoint, load_model
         self.path, self.out, self.prefix, self.opts, self.device, self.log = path, out, prefix, opts, device, log
         self.progress = progress
         self.ckpt = load_checkpoint(path)
@@ -219,15 +217,13 @@ class _Drawer:
 
     def x_T(self, count: int) -> torch.Tensor:
         """The starting noise of samples 0 … count−1 of the grid (generate.initial_noise)."""
-        from .generate import initial_noise
         return initial_noise(self.opts.seed, 0, count, self.shape).to(self.device)
 
     def step_noise(self, offset: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.opts.seed * 1_000_003 + 7_919 * offset)
+        return torch.Generator().manual_seed(derive_seed(self.opts.seed, 7_919 * offset))
 
     # -- samples and SWD samples ---------------------------------------------------------------
     def samples(self, count: int) -> torch.Tensor:
-        from .generate import generate
         o = self.opts
         return generate(self.model, self.schedule, count, sampler=o.sampler, steps=min(o.steps, self.T), seed=o.seed,
                         device=self.device, variance=self.cfg.diffusion.variance, image_size=self.shape[1],
@@ -333,7 +329,6 @@ def training_images(cfg, ckpt: Dict[str, Any], data_root: Optional[PathLike] = N
 
     Raises data.DataNotFoundError when they are not on this machine, ValueError when they cannot be told.
     """
-    from .data import offline_faces, prepare_images
     described = str(ckpt.get("data") or "")
     if described.startswith("offline LFW"):
         faces = offline_faces(cfg.data.image_size, cfg.data.channels)
@@ -349,8 +344,6 @@ def training_images(cfg, ckpt: Dict[str, Any], data_root: Optional[PathLike] = N
 def _usable_cache_dir(data_cfg) -> Optional[str]:
     """The run's cache folder, or the default one where the run's lies under the read-only Kaggle inputs without a
     ready cache (cache.usable_cache_dir)."""
-    from .cache import usable_cache_dir
-    from .session import cache_file_name
     if data_cfg.cache_dir is None:
         return None
     return str(usable_cache_dir(data_cfg.cache_dir, cache_file_name(data_cfg)))
@@ -358,7 +351,7 @@ def _usable_cache_dir(data_cfg) -> Optional[str]:
 
 def _as_float(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) → float (N, C, H, W) in [0, 1]."""
-    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255.0
+    return to_unit_range(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2))
 
 
 def nearest_neighbours(queries: torch.Tensor, pool: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -373,8 +366,6 @@ def nearest_neighbours(queries: torch.Tensor, pool: torch.Tensor, k: int) -> Tup
 
 def _data_figures(d: _Drawer, samples: torch.Tensor, data_root: Optional[PathLike]) -> None:
     """nearest.png/.pdf and the SWD numbers; skipped with a reason when the data is not here."""
-    from .data import DataNotFoundError
-    from .swd import heldout_images, swd_report
     try:
         train, train_desc = training_images(d.cfg, d.ckpt, data_root)
     except (DataNotFoundError, ValueError, OSError) as e:
@@ -431,7 +422,7 @@ def _nearest_figure(d: _Drawer, queries, pool, dist, idx, heldout, n_train: int,
 def draw_figures(checkpoint: PathLike, out_dir: PathLike, prefix: str = "", n: Optional[int] = None,
                  seed: int = 0, sampler: str = "ddim", steps: Optional[int] = None, device=None, data: bool = True,
                  data_root: Optional[PathLike] = None, quick: bool = False, swd_n: Optional[int] = None,
-                 ema: bool = True, trained_on: Optional[str] = None, parts: Sequence[str] = PARTS,
+                 ema: bool = True, trained_on: Optional[str] = None, parts: Sequence[str] = FIGURE_PARTS,
                  progress: bool = False, log: Optional[Callable[[str], None]] = print) -> FigureSet:
     """Draw every model-dependent figure of the series from one checkpoint into out_dir (names: module docstring).
 
@@ -440,13 +431,12 @@ def draw_figures(checkpoint: PathLike, out_dir: PathLike, prefix: str = "", n: O
     scores swd_n samples (default 500; capped by the held-out set) drawn the same way, the grid being their first
     n. data=False skips the nearest neighbours and SWD; data_root overrides the checkpoint's data folder.
     quick: a few images and steps (FigureOptions.quick), for tests. trained_on: free text for the facts, e.g.
-    "2 CPU cores" (checkpoints do not record their hardware). parts: a subset of PARTS to draw (default all).
+    "2 CPU cores" (checkpoints do not record their hardware). parts: a subset of FIGURE_PARTS to draw (default all).
     Returns a FigureSet; writes figures.json and captions.md last.
     """
-    from .generate import default_device, resolve_checkpoint
-    unknown = sorted(set(parts) - set(PARTS))
+    unknown = sorted(set(parts) - set(FIGURE_PARTS))
     if unknown:
-        raise ValueError(f"unknown figure parts {unknown}; choose from {list(PARTS)}")
+        raise ValueError(f"unknown figure parts {unknown}; choose from {list(FIGURE_PARTS)}")
     path = resolve_checkpoint(checkpoint)
     given = {k: v for k, v in dict(n=n, seed=seed, sampler=sampler, steps=steps, swd_n=swd_n, data=data).items()
              if v is not None}
@@ -492,11 +482,10 @@ def _merged(record: Dict[str, Any], path: Path) -> Dict[str, Any]:
     return record
 
 
-def _write_sidecars(d: _Drawer, opts: FigureOptions, parts: Sequence[str] = PARTS) -> FigureSet:
+def _write_sidecars(d: _Drawer, opts: FigureOptions, parts: Sequence[str] = FIGURE_PARTS) -> FigureSet:
     """figures.json (facts, SWD, files) and captions.md (a caption per figure), written atomically.
 
     When only some parts were drawn, the figures of an earlier figures.json of the same checkpoint are kept."""
-    from .checkpoint import atomic_open
     r = d.result
     if r.swd is not None:
         for key in ("samples", "nearest"):
@@ -508,10 +497,9 @@ def _write_sidecars(d: _Drawer, opts: FigureOptions, parts: Sequence[str] = PART
               "files": {k: [p.name for p in v] for k, v in r.files.items()},
               "captions": {k: f"{v} {model}" for k, v in r.captions.items()}}
     r.json_path = d.out / d.name("figures.json")
-    if set(parts) != set(PARTS):
+    if set(parts) != set(FIGURE_PARTS):
         record = _merged(record, r.json_path)
-    with atomic_open(r.json_path, "w") as f:
-        json.dump(record, f, indent=2, ensure_ascii=False)
+    write_json(r.json_path, record)
     lines = [f"# Figures from {r.facts['checkpoint']}", ""]
     lines += [f"**{', '.join(record['files'][k])}**: {text}\n" for k, text in record["captions"].items()]
     if record["skipped"]:

@@ -12,7 +12,6 @@ Deterministic DDIM (η = 0) depends on x_T alone, whatever the batching.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +21,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_open
-from .runtime import default_device  # the package's one device choice (figures imports it from here)
+from . import images
+from ._types import moved_names
+from .checkpoint import CheckpointError, latest_checkpoint, load_model
+from .config import SAMPLER_NAMES, VARIANCE_NAMES, derive_seed
 from .diffusion import ddim_sample, ddpm_sample, eval_mode
-from .schedule import NoiseSchedule
 from .errors import ConfigError, DDPMError
+from .fast_sampling import compile_for_sampling
+from .files import write_json
+from .images import png_problem, read_png, save_image_grid, to_model_range, write_png_atomic
+from .runtime import default_device
+from .schedule import NoiseSchedule
+
+# Names that lived here before issue 19 (PNG I/O moved to images): see moved_names.
+__getattr__ = moved_names(__name__, {n: images for n in ("DamagedImageError", "PNG_SIGNATURE", "PNG_END")})
 
 from ._types import PathLike
 
-SAMPLERS = ("ddpm", "ddim")
-VARIANCES = ("beta", "posterior")
-SEED_STRIDE = 1_000_003           # seeds of sample i: seed * SEED_STRIDE + i
 STEP_NOISE_OFFSET = 500_000_009   # keeps the per-step noise stream apart from every sample's x_T stream
 SAMPLES_JSON = "samples.json"
 SAMPLES_FORMAT = "ddpm_helpers/samples/1"
@@ -45,16 +50,12 @@ class SampleFolderError(DDPMError, ValueError):
     """A sample folder whose samples.json disagrees with the requested settings (mixing would corrupt metrics)."""
 
 
-class DamagedImageError(DDPMError, ValueError):
-    """An image file that cannot be decoded (truncated, zero bytes, not a PNG) or has another size than its set."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Noise and batches
 # ---------------------------------------------------------------------------------------------
 def sample_seed(seed: int, index: int) -> int:
     """The seed of sample ``index``'s starting noise: seed · 1 000 003 + index."""
-    return seed * SEED_STRIDE + index
+    return derive_seed(seed, index)
 
 
 def initial_noise(seed: int, start: int, count: int, shape: Sequence[int]) -> torch.Tensor:
@@ -69,10 +70,10 @@ def initial_noise(seed: int, start: int, count: int, shape: Sequence[int]) -> to
 
 def _check_sampler(sampler: str, steps: Optional[int], eta: float, variance: str, T: int) -> None:
     """Raise a ConfigError naming the bad argument (and its flag) and what would work."""
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r} (--sampler); use one of {', '.join(SAMPLERS)}")
-    if variance not in VARIANCES:
-        raise ConfigError(f"unknown variance {variance!r} (--variance); use one of {', '.join(VARIANCES)}")
+    if sampler not in SAMPLER_NAMES:
+        raise ConfigError(f"unknown sampler {sampler!r} (--sampler); use one of {', '.join(SAMPLER_NAMES)}")
+    if variance not in VARIANCE_NAMES:
+        raise ConfigError(f"unknown variance {variance!r} (--variance); use one of {', '.join(VARIANCE_NAMES)}")
     if sampler == "ddim" and (steps is None or not 1 <= steps <= T):
         raise ConfigError(f"--steps {steps}: DDIM steps must be between 1 and T={T}, the model's number of "
                           "diffusion steps")
@@ -157,67 +158,6 @@ def sample_path(out_dir: PathLike, index: int) -> Path:
     return Path(out_dir) / f"{index:06d}.png"
 
 
-def write_png_atomic(image: torch.Tensor, path: PathLike) -> Path:
-    """Write one image (C, H, W) in [−1, 1] as an 8-bit PNG: a temporary name in the same folder, then os.replace.
-
-    The uint8 conversion is data.from_model_range's round((x + 1) · 127.5), the inverse of the training data's map.
-    """
-    import torchvision
-    from .data import from_model_range
-    path = Path(path)
-    png = torchvision.io.encode_png(from_model_range(image.cpu()))   # (C, H, W) uint8 → PNG bytes
-    with atomic_open(path) as f:
-        f.write(png.numpy().tobytes())
-    return path
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_END = b"IEND\xaeB`\x82"        # the IEND chunk and its CRC: the last 8 bytes of every complete PNG
-
-
-def read_png(path: PathLike) -> torch.Tensor:
-    """Decode an image file in full with PIL → uint8 (C, H, W), C = 1 (gray) or 3 (colour; alpha dropped).
-
-    DamagedImageError naming the file when it cannot be decoded. (PIL, not torchvision.io: decode_png
-    crashed the process on a PNG with one flipped byte, torchvision 0.29.)
-    """
-    import numpy as np
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-    except (OSError, ValueError, SyntaxError) as e:   # PIL's truncated / unidentified / broken-stream errors
-        raise DamagedImageError(f"cannot decode {path}: {e}. If it is a sample, run the same `sample` command "
-                                "again: damaged files are redone.") from None
-    a = np.array(im)                                          # (H, W) or (H, W, 3), a writable copy
-    return torch.from_numpy(a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1)))
-
-
-def png_problem(path: PathLike, shape: Sequence[int]) -> Optional[str]:
-    """Why ``path`` is not a complete PNG of shape (C, H, W) — missing, cut short, undecodable, other size or
-    mode — or None when it is. Reads and decodes the whole file (about 0.3 ms for 64 px: 3 s per 10,000)."""
-    from PIL import Image
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return "missing"
-    except OSError as e:
-        return f"unreadable ({e.strerror})"
-    if not (data.startswith(PNG_SIGNATURE) and data.endswith(PNG_END)):
-        return f"not a complete PNG ({len(data)} bytes)"
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            size, mode = im.size, im.mode
-    except (OSError, ValueError, SyntaxError) as e:
-        return f"cannot be decoded ({e})"
-    want = (shape[2], shape[1]), "L" if shape[0] == 1 else "RGB"
-    if (size, mode) != want:
-        return f"is {size[0]}×{size[1]} {mode}, expected {want[0][0]}×{want[0][1]} {want[1]}"
-    return None
-
-
 def samples_to_redo(out_dir: PathLike, n: int, shape: Sequence[int]) -> Tuple[List[int], Dict[int, str]]:
     """Indices among 0 … n−1 whose PNG must be (re)written: missing ones, and damaged ones with the reason."""
     todo, damaged = [], {}
@@ -265,12 +205,6 @@ def read_samples_json(out_dir: PathLike) -> Optional[Dict[str, Any]]:
         return None
     with open(path) as f:
         return json.load(f)
-
-
-def _write_json_atomic(record: Dict[str, Any], path: Path) -> None:
-    """json.dump through checkpoint.atomic_open (temporary file, fsync, os.replace)."""
-    with atomic_open(path, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
 
 
 def _check_folder(existing: Optional[Dict[str, Any]], settings: Dict[str, Any], out_dir: Path) -> None:
@@ -323,7 +257,7 @@ def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, 
         stale.unlink(missing_ok=True)
     record = {**(existing or {}), **(info or {}), **settings, "format": SAMPLES_FORMAT, "batch_size": batch_size,
               "n": max(n, int((existing or {}).get("n", 0)))}
-    _write_json_atomic(record, out_dir / SAMPLES_JSON)
+    write_json(out_dir / SAMPLES_JSON, record, sort_keys=True)
 
     missing, damaged = samples_to_redo(out_dir, n, shape)
     batches = sorted({i // batch_size for i in missing})
@@ -359,7 +293,6 @@ def read_sample_folder(out_dir: PathLike, limit: Optional[int] = None) -> torch.
 # ---------------------------------------------------------------------------------------------
 def resolve_checkpoint(path: PathLike) -> Path:
     """A checkpoint file, or the newest ckpt_*.pt in a run folder; CheckpointError with the reason otherwise."""
-    from .checkpoint import CheckpointError, latest_checkpoint
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
@@ -372,7 +305,8 @@ def resolve_checkpoint(path: PathLike) -> Path:
 
 @dataclass
 class SampleRun:
-    """The result of sample_from_checkpoint: the grid's images (N, C, H, W) in [−1, 1] and path, and the folder report."""
+    """The result of sample_from_checkpoint: the grid's images (N, C, H, W) in [−1, 1] and path, and the folder
+    report."""
 
     checkpoint: Path
     images: Optional[torch.Tensor] = None
@@ -394,15 +328,12 @@ def sample_from_checkpoint(checkpoint: PathLike, n: int = 64, sampler: str = "dd
     With both outputs, the grid shows the folder's first min(n, 64) images (no second sampling run).
     fast: a fast_sampling mode for the U-Net (off, auto, cudagraph, compile, compile+cudagraph).
     """
-    from .checkpoint import load_model
-    from .plotting import save_image_grid
     if out is None and out_dir is None:
         raise ValueError("give out (a grid PNG) and/or out_dir (a folder of single PNGs)")
     path = resolve_checkpoint(checkpoint)
     device = default_device(device)
     model, schedule, cfg = load_model(path, ema=ema, device=device)
     if fast != "off":
-        from .fast_sampling import compile_for_sampling
         model = compile_for_sampling(model, mode=fast)
     variance = variance or cfg.diffusion.variance
     steps = 50 if steps is None else steps
@@ -417,7 +348,7 @@ def sample_from_checkpoint(checkpoint: PathLike, n: int = 64, sampler: str = "dd
     if out is not None:
         if out_dir is not None:
             folder_images = read_sample_folder(out_dir, limit=min(n, GRID_FROM_FOLDER_MAX))  # uint8
-            run.images = folder_images.float() / 127.5 - 1.0                                  # → [−1, 1]
+            run.images = to_model_range(folder_images)                                 # → [−1, 1]
         else:
             run.images = generate(model, schedule, n, **kw)
         run.grid = save_image_grid(run.images, out)

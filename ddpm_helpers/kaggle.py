@@ -24,11 +24,14 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ._types import PathLike
+from .files import write_json
 
 CELEBA_DATASET = "jessicali9530/celeba-dataset"
 PACKAGE_DATASET_SLUG = "ddpm-helpers-code"
@@ -102,7 +105,7 @@ def write_kernel_dirs(notebooks_dir: PathLike, out_dir: PathLike, username: str)
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(nb, folder / nb.name)
         meta = kernel_metadata(nb, username, slug, kernel_sources=sources, gpu=uses_gpu(nb))
-        _write_json(folder / "kernel-metadata.json", meta)
+        write_json(folder / "kernel-metadata.json", meta)
         folders.append(folder)
     return folders
 
@@ -122,15 +125,11 @@ def write_package_dataset(repo_root: PathLike, out_dir: PathLike, username: str)
     shutil.copytree(source, folder / "ddpm_helpers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if (Path(repo_root) / "LICENSE").is_file():
         shutil.copyfile(Path(repo_root) / "LICENSE", folder / "LICENSE")
-    _write_json(folder / "dataset-metadata.json", {"title": PACKAGE_DATASET_SLUG,
+    write_json(folder / "dataset-metadata.json", {"title": PACKAGE_DATASET_SLUG,
                                                    "id": f"{username}/{PACKAGE_DATASET_SLUG}",
                                                    "licenses": [{"name": PACKAGE_LICENSE}],
                                                    "description": PACKAGE_DESCRIPTION})
     return folder
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +150,7 @@ def kaggle_credentials_found(environ=None, home: Optional[PathLike] = None) -> b
 # ---------------------------------------------------------------------------------------------
 def kaggle_api():
     """An authenticated kaggle.api.kaggle_api_extended.KaggleApi (``import kaggle`` would exit without credentials)."""
-    from kaggle.api.kaggle_api_extended import KaggleApi
+    from kaggle.api.kaggle_api_extended import KaggleApi  # optional: the Kaggle API, only for --push
     api = KaggleApi()
     api.authenticate()
     return api
@@ -268,7 +267,8 @@ def push_all(api, dataset: PathLike, kernels: Sequence[PathLike], message: str, 
 # module: add a new flag there and read it here from args.
 def run_kaggle(args, api=None) -> int:
     """Write the dataset and kernel folders (args: the flags of cli.add_kaggle_arguments); print the kaggle
-    commands, or with --push upload them through the kaggle package's API (api: a KaggleApi, or a stand-in in tests). Returns an exit code."""
+    commands, or with --push upload them through the kaggle package's API (api: a KaggleApi, or a stand-in in
+    tests). Returns an exit code."""
     out = Path(args.out)
     dataset = write_package_dataset(args.repo_root, out, args.user)
     kernels = write_kernel_dirs(args.notebooks, out / "kernels", args.user)
@@ -309,12 +309,7 @@ def run_kaggle(args, api=None) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m ddpm_helpers.kaggle ...`` = ``python -m ddpm_helpers kaggle ...``."""
-    import sys
-    from .cli import main as cli_main
-    return cli_main(["kaggle", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m ddpm_helpers.kaggle ...` = `python -m ddpm_helpers kaggle ...`, run in a child process so that this
+    # module, below the command line in the layer table, never imports it.
+    raise SystemExit(subprocess.call([sys.executable, "-m", "ddpm_helpers", "kaggle", *sys.argv[1:]]))

@@ -14,19 +14,24 @@ Kaggle is recognised by its own environment variable ``KAGGLE_KERNEL_RUN_TYPE`` 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ._types import PathLike
+import torch
 
-KAGGLE_ROOT = Path("/kaggle")  # overridden by $DDPM_KAGGLE_ROOT (the stand-in points it at a temporary tree)
+from . import env
+from ._types import PathLike, moved_names
+from .cache import cache_dir_for
+from .celeba import DataNotFoundError, find_celeba
+from .config import TRAIN_PRESETS, DataConfig, parse_duration, train_preset
+from .env import is_colab, is_kaggle, is_small_forced, kaggle_input_dir, kaggle_working_dir
+
 PACKAGE = "ddpm_helpers"
 PACKAGE_SEARCH_DEPTH = 5  # look at depths 0–4: /kaggle/input/datasets/<owner>/<slug>/ddpm_helpers is at depth 3
-FALSE_WORDS = ("", "0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -80,27 +85,13 @@ class Run:
         size = "Full run" if self.full else "Small configuration"
         return f"{size} ({where}): {gpus}, {data}, figures to {self.figures_dir}, outputs to {self.out_dir}"
 
+# Names that lived here before issue 19 (environment detection moved to env): see moved_names.
+__getattr__ = moved_names(__name__, {n: env for n in ("kaggle_root", "KAGGLE_ROOT", "FALSE_WORDS")})
+
 
 # ---------------------------------------------------------------------------------------------
 # Finding the package (what the first cell does before it can import anything)
 # ---------------------------------------------------------------------------------------------
-def kaggle_root(environ: Optional[Mapping[str, str]] = None) -> Path:
-    """/kaggle, or $DDPM_KAGGLE_ROOT when set."""
-    environ = os.environ if environ is None else environ
-    return Path(environ.get("DDPM_KAGGLE_ROOT") or KAGGLE_ROOT)
-
-
-def kaggle_input_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
-    """<kaggle root>/input, or $DDPM_KAGGLE_INPUT when set."""
-    environ = os.environ if environ is None else environ
-    return Path(environ.get("DDPM_KAGGLE_INPUT") or kaggle_root(environ) / "input")
-
-
-def kaggle_working_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
-    """<kaggle root>/working: the folder Kaggle saves as a version's output."""
-    return kaggle_root(environ) / "working"
-
-
 def find_package_source(kaggle_input: Optional[PathLike] = None, cwd: Optional[PathLike] = None) -> Optional[Path]:
     """Where to import ddpm_helpers from when it is not installed: a folder to put on sys.path, or a wheel.
 
@@ -109,12 +100,14 @@ def find_package_source(kaggle_input: Optional[PathLike] = None, cwd: Optional[P
     kaggle_input at depths 0–4 for a ``ddpm_helpers`` folder, a ``ddpm_helpers*.whl``, or the uploaded
     ``ddpm_helpers.tar``/``.zip`` when Kaggle did not unpack it (both mount schemes:
     ``/kaggle/input/<slug>/`` and ``/kaggle/input/datasets/<owner>/<slug>/``). The depth bound keeps the
-    search out of CelebA's 202,599 JPEGs. Returns the folder that holds ``ddpm_helpers/``, the wheel or archive, or None.
+    search out of CelebA's 202,599 JPEGs. Returns the folder that holds ``ddpm_helpers/``, the wheel or archive, or
+    None.
     """
     here = Path(cwd) if cwd is not None else Path.cwd()
     kaggle_input = Path(kaggle_input) if kaggle_input is not None else kaggle_input_dir()
     hits = [here.parent / PACKAGE, here / PACKAGE, *sorted(here.glob(f"*/{PACKAGE}"))]
-    hits += [p for depth in range(PACKAGE_SEARCH_DEPTH) for p in sorted(kaggle_input.glob("*/" * depth + PACKAGE + "*"))]
+    hits += [p for depth in range(PACKAGE_SEARCH_DEPTH)
+             for p in sorted(kaggle_input.glob("*/" * depth + PACKAGE + "*"))]
     for p in hits:
         if p.suffix in (".whl", ".tar", ".zip") and p.is_file():   # an archive: the first cell unpacks it
             return p
@@ -126,35 +119,9 @@ def find_package_source(kaggle_input: Optional[PathLike] = None, cwd: Optional[P
 # ---------------------------------------------------------------------------------------------
 # Detecting the environment
 # ---------------------------------------------------------------------------------------------
-def _flag(environ: Mapping[str, str], name: str) -> bool:
-    return environ.get(name, "").strip().lower() not in FALSE_WORDS
-
-
-def is_small_forced(environ: Optional[Mapping[str, str]] = None) -> bool:
-    """True in CI (env CI set to anything but 0/false/no/off) or when DDPM_SMALL=1."""
-    environ = os.environ if environ is None else environ
-    return _flag(environ, "CI") or _flag(environ, "DDPM_SMALL")
-
-
-def is_kaggle(environ: Optional[Mapping[str, str]] = None) -> bool:
-    """A Kaggle notebook: Kaggle's own KAGGLE_KERNEL_RUN_TYPE is set (Batch or Interactive).
-
-    A /kaggle/working folder alone proves nothing (a CI machine may have one).
-    """
-    environ = os.environ if environ is None else environ
-    return bool(environ.get("KAGGLE_KERNEL_RUN_TYPE", "").strip())
-
-
-def is_colab(environ: Optional[Mapping[str, str]] = None) -> bool:
-    """A Google Colab runtime: google.colab is imported or COLAB_RELEASE_TAG is set."""
-    environ = os.environ if environ is None else environ
-    return "google.colab" in sys.modules or bool(environ.get("COLAB_RELEASE_TAG"))
-
-
 def cuda_devices() -> int:
-    """Number of usable CUDA devices: 0 without CUDA, or when a first tiny op fails (e.g. a P100 without sm_60 kernels)."""
-    import torch
-
+    """Number of usable CUDA devices: 0 without CUDA, or when a first tiny op fails (e.g. a P100 without sm_60
+    kernels)."""
     if not torch.cuda.is_available():
         return 0
     try:
@@ -178,7 +145,6 @@ def locate_celeba(kaggle_input: Optional[PathLike] = None, repo_root: Optional[P
     Order: $CELEBA_DIR (final: a wrong path raises DataNotFoundError), kaggle_input, ./data, <repo>/data,
     then the test sample $DDPM_SHARED_DATA/celeba_sample. Never downloads.
     """
-    from .data import DataNotFoundError, find_celeba
 
     environ = os.environ if environ is None else environ
     kaggle_input = Path(kaggle_input) if kaggle_input is not None else kaggle_input_dir(environ)
@@ -249,12 +215,8 @@ def small_training_config(run: Run, out_name: str, environ: Optional[Mapping[str
     faces (grayscale); 16 px. Model and optimiser: the ``cpu`` preset's; 800 steps or 45 s, one CPU thread.
     $DDPM_SMALL_MAX_STEPS lowers the step count (the Kaggle stand-in's budget; announced when used). The
     two notebooks call this with different ``out_name`` and otherwise the same settings, so 05 can reuse 04's
-    checkpoint. The image cache goes where session.cache_dir_for says (reused from a previous Kaggle version).
+    checkpoint. The image cache goes where cache.cache_dir_for says (reused from a previous Kaggle version).
     """
-    import dataclasses
-
-    from .config import TRAIN_PRESETS, DataConfig, train_preset
-    from .session import cache_dir_for
     env = os.environ if environ is None else environ
     shared = env.get("DDPM_SHARED_DATA")
     half_size = Path(shared) / "celeba_5k_half" if shared else None
@@ -281,13 +243,8 @@ def full_training_config(run: Run, preset: str, time_budget):
     """The full run of notebook 04: preset on the CelebA found, in run.out_dir/preset, with a session's time budget.
 
     time_budget ("11h30m", seconds) is the whole session's, counted from the notebook's start by
-    session.run_training; the cache is placed by session.cache_dir_for (reused from a previous version).
+    session.run_training; the cache is placed by cache.cache_dir_for (reused from a previous version).
     """
-    import dataclasses
-
-    from .config import TRAIN_PRESETS, train_preset
-    from .session import cache_dir_for
-    from .cli import parse_duration
     data = dataclasses.replace(TRAIN_PRESETS[preset].data, root=str(run.celeba.image_dir))
     data = dataclasses.replace(data, cache_dir=str(cache_dir_for(run, data)))
     return train_preset(preset, data=data, out_dir=str(run.out_dir / preset), time_budget=parse_duration(time_budget))

@@ -1,4 +1,6 @@
-"""The Gaussian oracle: the exact noise predictor when the data are N(μ, s²) per pixel.
+"""Taught in notebook 05.
+
+The Gaussian oracle: the exact noise predictor when the data are N(μ, s²) per pixel.
 
 Taught in notebook 05 (and used by the exercises of 05 and 06): a sampler run with this "model" must recover
 N(μ, s²), whatever the quality of any trained network, so it checks a sampler's equations on their own.

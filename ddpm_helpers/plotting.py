@@ -1,4 +1,6 @@
-"""Figures: image grids, loss curves, and the teaching figures the notebooks and the report use.
+"""Taught in notebooks 01, 02, 03, 04, 05.
+
+Figures: image grids, loss curves, and the teaching figures the notebooks and the report use.
 
 Every function takes tensors in the model range [−1, 1] (or uint8) and writes or returns a figure;
 none trains or samples.
@@ -6,39 +8,23 @@ none trains or samples.
 from __future__ import annotations
 
 import csv
-import math
 import textwrap
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torchvision
+from matplotlib.ticker import ScalarFormatter
 
-from ._types import PathLike
+from . import images as _images_module
+from ._types import PathLike, moved_names
+from .images import image_grid, to_unit_range
 
-
-def to_unit_range(x: torch.Tensor) -> torch.Tensor:
-    """[−1, 1] float (or uint8) → [0, 1] float for display."""
-    if x.dtype == torch.uint8:
-        return x.float() / 255.0
-    return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
-def image_grid(x: torch.Tensor, nrow: Optional[int] = None, padding: int = 2) -> torch.Tensor:
-    """Images (B, C, H, W) → one grid image (3, H', W') in [0, 1], via torchvision.utils.make_grid."""
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(x.shape[0]))))
-    return torchvision.utils.make_grid(to_unit_range(x.detach().cpu()), nrow=nrow, padding=padding, pad_value=1.0)
-
-
-def save_image_grid(x: torch.Tensor, path: PathLike, nrow: Optional[int] = None) -> Path:
-    """Write images (B, C, H, W) in [−1, 1] as one PNG grid (torchvision's save_image); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(x.shape[0]))))
-    torchvision.utils.save_image(to_unit_range(x.detach().cpu()), str(path), nrow=nrow, padding=2, pad_value=1.0)
-    return path
+# Names that lived here before issue 19 (the grid writer moved to images): see moved_names.
+__getattr__ = moved_names(__name__, {"save_image_grid": _images_module})
 
 
 def read_metrics(csv_path: PathLike) -> dict:
@@ -73,7 +59,6 @@ PRINT_STYLE = {
 
 def print_style():
     """A matplotlib rc context with the print style: ``with print_style(): fig = ...``."""
-    import matplotlib
     return matplotlib.rc_context(PRINT_STYLE)
 
 
@@ -118,8 +103,6 @@ def plot_loss_curve(csv_path: PathLike, out_path: Optional[PathLike] = None, tit
     One report column wide in the print style; a long title is wrapped. Writes out_path (PNG, 300 dpi) when
     given. Returns the figure.
     """
-    import matplotlib
-    import matplotlib.pyplot as plt
     m = read_metrics(csv_path)
     steps, loss = m.get("step", []), m.get("loss", [])
     with print_style():
@@ -147,8 +130,6 @@ def save_figure(fig, stem: PathLike, formats: Sequence[str] = ("png",), dpi: int
 
     Returns the written paths. Closes the figure under a non-interactive backend (Agg), as in CI.
     """
-    import matplotlib
-    import matplotlib.pyplot as plt
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -184,7 +165,6 @@ def plot_image_rows(rows: dict, col_titles: Sequence[str], scale: float = 1.3, t
     scale: inches per tile. tile_labels: optional {row label: K strings} written in the corner of each tile of
     that row. One axes and one imshow (nearest neighbour), so that large tables draw fast. Returns the figure.
     """
-    import matplotlib.pyplot as plt
     images = list(rows.values())
     k, _, h, w = images[0].shape
     pad = max(1, h // 16)
@@ -217,7 +197,6 @@ def _report_steps(schedule) -> torch.Tensor:
 
 def plot_schedules(schedules: Sequence):
     """β_t (log scale) and ᾱ_t against the report's t = 1 … T, one line per NoiseSchedule."""
-    import matplotlib.pyplot as plt
     fig, (ax_b, ax_a) = plt.subplots(1, 2, figsize=(9, 3.3))
     for s in schedules:
         ax_b.plot(_report_steps(s), s.betas, label=s.name)
@@ -235,7 +214,6 @@ def plot_schedules(schedules: Sequence):
 
 def plot_log_snr(schedules: Sequence):
     """log SNR(t) = log(ᾱ_t / (1 − ᾱ_t)) against the report's t, one line per NoiseSchedule; 0 = equal power."""
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 3.3))
     for s in schedules:
         ax.plot(_report_steps(s), s.snr().log(), label=s.name)
@@ -255,7 +233,6 @@ def plot_forward_moments(steps: Sequence[int], mean_coef: Sequence[float], varia
     steps: 0-based indices; mean_coef: fitted slope of E[x_t] on x_0 (closed form √ᾱ_t); variance:
     pixel-averaged Var[x_t] (closed form 1 − ᾱ_t).
     """
-    import matplotlib.pyplot as plt
     t_report = [s + 1 for s in steps]
     fig, ax = plt.subplots(figsize=(5.5, 3.3))
     ax.plot(_report_steps(schedule), schedule.sqrt_alpha_bars, color="C0", label=r"$\sqrt{\bar\alpha_t}$ (closed form)")
@@ -272,7 +249,6 @@ def plot_forward_moments(steps: Sequence[int], mean_coef: Sequence[float], varia
 
 def plot_embedding_heatmap(emb: torch.Tensor):
     """Heat map of sinusoidal embeddings (T, d): rows = timestep index t, columns = dimension."""
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     im = ax.imshow(emb.detach().cpu().numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
                    interpolation="nearest")
@@ -286,11 +262,11 @@ def plot_embedding_heatmap(emb: torch.Tensor):
 
 def plot_similarity_matrices(matrices: dict, ts: torch.Tensor):
     """Side-by-side heat maps of similarity matrices {title: (N, N)} between the embeddings of timesteps ts (N,)."""
-    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.6), squeeze=False)
     extent = [float(ts[0]), float(ts[-1]), float(ts[-1]), float(ts[0])]
     for ax, (title, m) in zip(axes[0], matrices.items()):
-        im = ax.imshow(m.detach().cpu().numpy(), cmap="viridis", vmin=-1, vmax=1, extent=extent, interpolation="nearest")
+        im = ax.imshow(m.detach().cpu().numpy(), cmap="viridis", vmin=-1, vmax=1, extent=extent,
+                       interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("t")
         ax.set_ylabel("s")
@@ -301,7 +277,6 @@ def plot_similarity_matrices(matrices: dict, ts: torch.Tensor):
 
 def plot_similarity_by_lag(lags: torch.Tensor, similarity: torch.Tensor):
     """Cosine similarity of e_t and e_{t+Δ} against the lag Δ (it depends on Δ only)."""
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 3.0))
     ax.plot(lags, similarity)
     ax.set_xscale("symlog", linthresh=10)
@@ -318,8 +293,6 @@ def plot_unet_levels(tables: dict):
 
     tables: {model name: [(stage name, (B, C, H, W) output shape), ...]} in forward order.
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
     fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 3.6), squeeze=False, sharey=True)
     for ax, (name, rows) in zip(axes[0], tables.items()):
         labels = [stage for stage, _ in rows]
@@ -368,7 +341,6 @@ def plot_training_metrics(csv_path: PathLike, columns: Sequence[str] = ("loss", 
     grad_clip when given. resumed_at: steps where a session resumed from a checkpoint, drawn as dashed
     vertical lines in every panel. Returns the figure.
     """
-    import matplotlib.pyplot as plt
     m = read_metrics(csv_path)
     steps = m.get("step", [])
     fig, axes = plt.subplots(1, len(columns), figsize=(panel_width * len(columns), panel_height), squeeze=False)
@@ -397,7 +369,6 @@ def plot_titled_grids(grids: dict, nrow: Optional[int] = None, suptitle: Optiona
 
     Images in [−1, 1] (or uint8), gray or RGB; nrow images per grid row (default: about √B). Returns the figure.
     """
-    import matplotlib.pyplot as plt
     pictures = {title: image_grid(images, nrow=nrow).permute(1, 2, 0).numpy() for title, images in grids.items()}
     aspect = max(p.shape[0] / p.shape[1] for p in pictures.values())          # height / width of the tallest grid
     fig, axes = plt.subplots(1, len(grids), figsize=(scale * len(grids), scale * aspect + 0.5 + 0.3 * bool(suptitle)),

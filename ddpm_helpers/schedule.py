@@ -1,4 +1,6 @@
-"""Noise schedules and every term derived from them.
+"""Taught in notebooks 01, 04.
+
+Noise schedules and every term derived from them.
 
 Timestep convention (used everywhere in this package)
 -----------------------------------------------------

@@ -5,7 +5,7 @@ A long run is a chain of sessions (Kaggle versions of at most 12 hours). Each se
 1. finds where to resume: this run's own folder first, then (on Kaggle) the previous version's output mounted
    under /kaggle/input (:func:`resume_source`, which also carries the loss log over);
 2. finds or builds the uint8 image cache where the next version will see it, without copying it again
-   (:func:`cache_dir_for`);
+   (:func:`cache.cache_dir_for`);
 3. trains until the session's time is spent, counted from the notebook's start (:func:`session_time_left`):
    with ``torchrun`` on several GPUs (:func:`train_command`, :func:`run_command`, which stops with the tail of the
    log when the job fails) or in the notebook's own process (:func:`run_training` picks).
@@ -17,7 +17,6 @@ session, a clone, or 04's output attached as an input; it trains its own small m
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shlex
 import shutil
@@ -28,12 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
+from . import cache, generate
+from ._types import PathLike, moved_names
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_step,
+    config_to_dict,
+    find_run_checkpoints,
+    latest_checkpoint,
+    load_model,
+)
+from .env import kaggle_input_dir
+from .runtime import TrainingError
+from .train import train
 
-from ._types import PathLike
-from .checkpoint import (CheckpointError, checkpoint_step, config_to_dict, find_run_checkpoints, latest_checkpoint,
-                         load_model)
-from .train import TrainingError
+# Names that lived here before issue 19 (notebook 05 imports weights_fingerprint from here): see moved_names.
+__getattr__ = moved_names(__name__, {"weights_fingerprint": generate, "cache_dir_for": cache, "cache_file_name": cache})
 
 LOG_TAIL_LINES = 40
 # Fields that do not change what a run learns: a checkpoint that differs only in these is the same model.
@@ -88,7 +97,6 @@ def resume_source(out_dir: PathLike, run, kaggle_input: Optional[PathLike] = Non
     own = latest_checkpoint(out_dir) if out_dir.is_dir() else None
     if own is not None or not run.on_kaggle:
         return own
-    from .notebook_setup import kaggle_input_dir
     found = find_run_checkpoints(kaggle_input if kaggle_input is not None else kaggle_input_dir(), out_dir.name)
     if not found:
         return None
@@ -97,43 +105,6 @@ def resume_source(out_dir: PathLike, run, kaggle_input: Optional[PathLike] = Non
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(previous.parent / "metrics.csv", out_dir / "metrics.csv")
     return previous
-
-
-def cache_file_name(data_cfg, kaggle_input: Optional[PathLike] = None) -> Optional[str]:
-    """The file name prepare_images gives data_cfg's cache, or None when CelebA is not found (no cache then)."""
-    from .data import DataNotFoundError, cache_name, find_celeba, list_images
-    from .notebook_setup import kaggle_input_dir
-    try:
-        location = find_celeba(data_cfg.root, kaggle_input if kaggle_input is not None else kaggle_input_dir())
-        count = len(list_images(location, data_cfg.split)[:data_cfg.max_images]) if data_cfg.max_images else None
-    except (DataNotFoundError, OSError, ValueError):
-        return None
-    return cache_name(data_cfg.split, data_cfg.crop, data_cfg.image_size, data_cfg.channels, count)
-
-
-def cache_dir_for(run, data_cfg, kaggle_input: Optional[PathLike] = None, max_depth: int = 5) -> Path:
-    """Where data_cfg's uint8 image cache is read from or built.
-
-    Outside Kaggle: run.out_dir/cache. On Kaggle: the folder under kaggle_input that already holds a committed
-    copy (the previous version's output, or a dataset made from one), used in place, read-only, never copied;
-    otherwise /kaggle/working/cache, so that the next version finds it in this version's output. (A version
-    that reused its input's cache does not save one, so the version after it builds again; a dataset made from
-    the cache folder, attached as an input, avoids even that.)
-    """
-    own = Path(run.out_dir) / "cache"
-    if not run.on_kaggle:
-        return own
-    from .notebook_setup import kaggle_input_dir
-    root = Path(kaggle_input) if kaggle_input is not None else kaggle_input_dir()
-    name = cache_file_name(data_cfg, root)
-    if name is None:
-        return own
-    stem = name[: -len(".npy")]
-    for depth in range(max_depth):
-        for meta in sorted(root.glob("*/" * depth + f"{stem}.json")):
-            if meta.with_name(name).is_file():
-                return meta.parent
-    return own
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +182,6 @@ def run_training(cfg, run, resume=None, preset: Optional[str] = None, budget_fro
         run_command(command, out / log_name)
         newest = latest_checkpoint(out)
         return SessionResult(checkpoint_step(newest) if newest else 0, "see " + log_name, newest)
-    from .train import train
     result = train(cfg, resume=resume, progress=run.full)
     return SessionResult(result.step, result.stop_reason, result.checkpoint)
 
@@ -241,7 +211,6 @@ def same_setup(a, b, ignored: Sequence[str] = IGNORED_FIELDS) -> bool:
 
 def sampling_candidates(run, run_name: str, kaggle_input: Optional[PathLike] = None) -> list[Path]:
     """Checkpoints of run run_name, newest first: in run.out_dir/run_name, then (on Kaggle) under kaggle_input."""
-    from .notebook_setup import kaggle_input_dir
     candidates = [latest_checkpoint(Path(run.out_dir) / run_name)] if (Path(run.out_dir) / run_name).is_dir() else []
     if run.on_kaggle:
         candidates += find_run_checkpoints(kaggle_input if kaggle_input is not None else kaggle_input_dir(), run_name)
@@ -279,18 +248,7 @@ def model_for_sampling(run, run_name: str, small_cfg, kaggle_input: Optional[Pat
         return found
     where = " (on Kaggle: is notebook 04's output attached as an input?)" if run.on_kaggle else ""
     print(f"No usable checkpoint of {run_name!r}{where}. Training the small configuration here.")
-    from .train import train
     shutil.rmtree(small_cfg.out_dir, ignore_errors=True)
     checkpoint = train(small_cfg, progress=False).checkpoint
     model, schedule, saved = load_model(checkpoint, device=run.device)
     return SamplingModel(checkpoint, model, schedule, saved, trained_here=True)
-
-
-def weights_fingerprint(model) -> str:
-    """SHA-1 of a model's state dict (names, dtypes, shapes and values): equal iff the weights are equal."""
-    digest = hashlib.sha1()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()[:16]

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt_io
-from .config import TrainConfig
+from .config import TrainConfig, derive_seed
 from .unet import count_parameters
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 RANK_SEED_OFFSET = 1000           # torch / NumPy / Python seeds of rank r once the model exists: seed + 1000·r
 NOISE_SEED_FACTOR = 7919          # the generator of t and ε on rank r: seed·7919 + r
 SAMPLE_NOISE_SEED_OFFSET = 12345  # the fixed noise of the in-training sample grids: seed + 12345
-RESEED_STEP_FACTOR = 1_000_003    # fresh t/ε noise after an inexact resume at step s: seed·7919 + r + 1_000_003·s
 
 
 def seed_everything(seed: int) -> None:
@@ -41,8 +40,9 @@ def seed_everything(seed: int) -> None:
 
 
 def noise_generator(device: torch.device, seed: int, rank: int, step: int = 0) -> torch.Generator:
-    """The generator on the training device that draws each step's t and ε (one stream per rank)."""
-    return torch.Generator(device).manual_seed(seed * NOISE_SEED_FACTOR + rank + RESEED_STEP_FACTOR * step)
+    """The generator on the training device that draws each step's t and ε (one stream per rank); after an inexact
+    resume at step s a fresh stream: seed · 7919 + rank + 1_000_003 · s (config.derive_seed)."""
+    return torch.Generator(device).manual_seed(derive_seed(step, seed * NOISE_SEED_FACTOR + rank))
 
 
 def fixed_sample_noise(cfg: TrainConfig) -> torch.Tensor:
@@ -184,5 +184,6 @@ def _restore_position_and_rng(trainer: "Trainer", ck: Dict[str, Any]) -> None:
     if str(trainer.gen.device) == rng.get("gen_device"):
         set_rng_state(rng, trainer.gen)
     else:
-        trainer.log(f"[train] checkpoint RNG was on {rng.get('gen_device')}; drawing fresh noise on {trainer.gen.device}")
+        trainer.log(f"[train] checkpoint RNG was on {rng.get('gen_device')}; "
+                    f"drawing fresh noise on {trainer.gen.device}")
         set_rng_state({**rng, "gen": trainer.gen.get_state()}, trainer.gen)

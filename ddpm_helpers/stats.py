@@ -1,4 +1,6 @@
-"""Monte Carlo checks of the forward process: run many chains and compare their moments with the closed form.
+"""Taught in notebook 01.
+
+Monte Carlo checks of the forward process: run many chains and compare their moments with the closed form.
 
 Notebook 01 shows these numbers and ``tests/test_diffusion.py`` asserts them; both call :func:`chain_moments`.
 """
@@ -31,7 +33,8 @@ class ChainMoments:
 def chain_moments(x0: torch.Tensor, schedule: NoiseSchedule, n_chains: int, every: int = 25,
                   generator: Optional[torch.Generator] = None) -> ChainMoments:
     """Iterate x_t = √(1 − β_t)·x_{t−1} + √β_t·ε for n_chains copies of x0 (1, C, H, W) over all T steps and measure,
-    every ``every`` steps (and at index 0), how far the chains' moments are from q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I).
+    every ``every`` steps (and at index 0), how far the chains' moments are from
+    q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I).
     """
     out, P = ChainMoments(), x0.numel()
     x = x0.expand(n_chains, -1, -1, -1)                               # (N, C, H, W)

@@ -24,7 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cache import build_cache, cache_name, load_cache, usable_cache_dir
+from .celeba import find_celeba, list_images
+from .checkpoint import CheckpointError, config_from_dict, load_checkpoint
+from .data import prepare_images
 from .errors import ConfigError
+from .evaluate import as_image_source
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +161,6 @@ class SWDResult:
 def _descriptors(source, n: int, levels: int, patches_per_image: int, generator: torch.Generator,
                  batch_size: int) -> List[torch.Tensor]:
     """Normalised patch descriptors of the first n images of source, one (n·P, C·49) tensor per pyramid level."""
-    from .evaluate import as_image_source
     source = as_image_source(source, limit=n)
     per_level: List[List[torch.Tensor]] = [[] for _ in range(levels)]
     for batch in source.batches(batch_size):                                         # uint8 (B, C, H, W)
@@ -167,7 +171,6 @@ def _descriptors(source, n: int, levels: int, patches_per_image: int, generator:
 
 def _count_and_shape(images) -> Tuple[int, Tuple[int, int, int]]:
     """(N, (C, H, W)) of anything as_image_source reads."""
-    from .evaluate import as_image_source
     source = as_image_source(images)
     return source.n, tuple(source.shape)
 
@@ -249,8 +252,6 @@ def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = Fals
     its split, the images of the split after them. Raises data.DataNotFoundError when CelebA is not found,
     and errors.ConfigError when the run used every image (nothing is held out).
     """
-    from .cache import usable_cache_dir
-    from .data import build_cache, cache_name, find_celeba, list_images, load_cache
     location = find_celeba(data_cfg.root, kaggle_input)
     split, paths, what = data_cfg.split, [], ""
     if location.partition_file is not None and data_cfg.split == "train":
@@ -278,7 +279,6 @@ def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = Fals
 # ---------------------------------------------------------------------------------------------
 def _run_data_config(meta: Dict[str, Any], root: Optional[str]):
     """The training DataConfig of the checkpoint samples.json names (root replaced when given), else None."""
-    from .checkpoint import CheckpointError, config_from_dict, load_checkpoint
     path = meta.get("checkpoint")
     if not path or not Path(path).is_file():
         return None
@@ -299,8 +299,6 @@ def swd_of_sample_folder(samples, meta: Dict[str, Any], reference_cfg, root: Opt
     (evaluate's --split/--n-real): its first n, and its next n as the second real set (labelled: these may be
     training images). n: default the number of samples up to DEFAULT_N, capped by the real images available.
     """
-    from .data import prepare_images
-    from .evaluate import as_image_source
     n_fake = as_image_source(samples).n
     run_cfg = _run_data_config(meta, root)
     why = "samples.json names no checkpoint here"

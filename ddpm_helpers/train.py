@@ -17,7 +17,6 @@ gradient norm that guards against NaN steps), plus the logging reads every ``log
 from __future__ import annotations
 
 import csv
-import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +25,26 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
-from . import state
+from . import optim, state
+from ._types import moved_names
 from .config import TrainConfig
-from .data import BatchIterator, TrainingData, prepare_training_data, to_model_range
+from .data import BatchIterator, TrainingData, prepare_training_data
 from .diffusion import ddim_sample, training_loss
 from .errors import ConfigError
+from .images import save_image_grid, to_model_range
+from .optim import EMA, lr_lambda, make_adam
+from .plotting import plot_loss_curve
 from .runfolder import RunFolderLock, not_writable
-from .runtime import (DistInfo, StopFlag, TrainingError, autocast, default_device, resolve_amp,  # noqa: F401
-                      sigterm_exits)
+from .runtime import DistInfo, StopFlag, TrainingError, autocast, default_device, resolve_amp, sigterm_exits
 from .schedule import NoiseSchedule
 from .unet import UNet, count_parameters
+
+# Names that lived here before issue 19 (notebooks and pushed kernels import them from train): see moved_names.
+__getattr__ = moved_names(__name__, {"ema_decay_at": optim})
 
 
 @dataclass
@@ -58,57 +63,6 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # Small pieces
 # ---------------------------------------------------------------------------------------------
-def ema_decay_at(n: int, decay: float, warmup: bool) -> float:
-    """EMA decay after n updates: min(decay, (1 + n)/(10 + n)) with warm-up, so that early samples come
-    from recent weights rather than the random initialisation; the plain decay without."""
-    return min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
-
-
-class EMA(AveragedModel):
-    """Exponential moving average of the weights: θ_ema ← d·θ_ema + (1 − d)·θ (torch.optim.swa_utils).
-
-    Keeps AveragedModel's structure (``.module``, ``n_averaged``) and averages float parameters and
-    buffers (BatchNorm statistics) with multi-tensor ops; integer buffers are copied. The update
-    count lives in Python, so an update never waits for the GPU.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True):
-        super().__init__(model, use_buffers=True)
-        self.decay, self.warmup, self.updates = decay, warmup, 0
-
-    @torch.no_grad()
-    def update_parameters(self, model: torch.nn.Module) -> None:
-        d = ema_decay_at(self.updates, self.decay, self.warmup)
-        ema_f, new_f = [], []
-        for e, m in zip(itertools.chain(self.module.parameters(), self.module.buffers()),
-                        itertools.chain(model.parameters(), model.buffers())):
-            if e.dtype.is_floating_point:
-                ema_f.append(e.detach())
-                new_f.append(m.detach())
-            else:
-                e.copy_(m)
-        if ema_f:
-            torch._foreach_lerp_(ema_f, new_f, 1.0 - d)
-        self.updates += 1
-        self.n_averaged.fill_(self.updates)
-
-
-def make_adam(params, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam with the fused multi-tensor kernel where this torch has one for the device (CPU and CUDA
-    since torch 2.4): one kernel for all parameters, 2× faster than the per-tensor loop on a CPU."""
-    params = list(params)
-    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
-    try:
-        return torch.optim.Adam(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, **kwargs)
-
-
-def lr_lambda(warmup_steps: int):
-    """Linear learning-rate warm-up from 0 to the base rate over warmup_steps, then constant."""
-    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
-
-
 class LossWindow:
     """Mean loss and gradient norm over the steps since the last log line, summed on the device (no sync
     per step), and the images per second over that window."""
@@ -271,7 +225,6 @@ class Trainer:
         """The network the step calls: DistributedDataParallel under torchrun, torch.compile if asked."""
         net = model
         if self.dinfo.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
             net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return torch.compile(net) if self.cfg.compile else net
 
@@ -343,7 +296,6 @@ class Trainer:
         self._sampled_at = self.step
         if not self.is_main:
             return None
-        from .plotting import save_image_grid
         noise = self.sample_noise.to(self.device)
         with autocast(self.device, self.amp_dtype):
             x = ddim_sample(self.ema.module, noise.shape, self.schedule, noise=noise, progress=False,
@@ -354,7 +306,6 @@ class Trainer:
 
     def save_loss_curve(self) -> None:
         if self.is_main and (self.out / "metrics.csv").exists():
-            from .plotting import plot_loss_curve
             try:
                 plot_loss_curve(self.out / "metrics.csv", self.out / "loss_curve.png",
                                 title=f"L_simple: {_short_data_name(self.data.description)}, "

@@ -1,4 +1,6 @@
-"""The noise predictor ε_θ(x_t, t): the report's U-Net. The network only; no diffusion math here.
+"""Taught in notebooks 02, 03.
+
+The noise predictor ε_θ(x_t, t): the report's U-Net. The network only; no diffusion math here.
 
 Shape of the network for depth D (channels C_0 … C_D, by default C_l = base · 2^l):
 
@@ -13,6 +15,8 @@ Each DoubleConv is conv3×3 → norm → act, then + the projected time embeddin
 conv3×3 → norm → act: the time embedding enters between the two convolutions at every depth.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +182,6 @@ def check_image_size(size, depth: int) -> None:
 
 def build_unet(preset: str | UNetConfig = "report", **overrides) -> UNet:
     """Build a U-Net from a preset name (see config.UNET_PRESETS) or a UNetConfig, with fields replaced."""
-    import dataclasses
     if isinstance(preset, UNetConfig):
         return UNet(dataclasses.replace(preset, **overrides))
     return UNet(unet_preset(preset, **overrides))

@@ -141,7 +141,8 @@ class KaggleStandIn:
     # -- one version ----------------------------------------------------------------------------------
     def run(self, kernel_dir, time_limit_s: Optional[float] = None,
             cut_when: Optional[Callable[[Path], bool]] = None) -> Version:
-        """Run kernel_dir's notebook as its next version; return how it ended (never raises for the notebook's errors)."""
+        """Run kernel_dir's notebook as its next version; return how it ended (never raises for the notebook's
+        errors)."""
         kernel_dir = Path(kernel_dir)
         meta = json.loads((kernel_dir / "kernel-metadata.json").read_text())
         ref, number = meta["id"], len(self.versions.get(meta["id"], [])) + 1

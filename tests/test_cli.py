@@ -21,6 +21,7 @@ import torchvision
 
 from ddpm_helpers import cli
 from ddpm_helpers.checkpoint import latest_checkpoint, load_model
+from ddpm_helpers.config import parse_duration
 from ddpm_helpers.generate import sample_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +144,7 @@ def _lock_held(monkeypatch, p):
     """The run's lock, as another live training on this machine leaves it (our parent process stands in)."""
     import json
     import socket
+
     from ddpm_helpers.runfolder import LOCK_NAME
     (p["run"] / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
                                                   "started": "a minute ago"}))
@@ -294,23 +296,20 @@ def test_debug_shows_the_traceback(paths, monkeypatch, capsys):
 
 
 def test_an_unexpected_error_is_reported_as_a_bug_without_a_traceback(paths, monkeypatch, capsys):
-    import ddpm_helpers.generate as generate
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
-    monkeypatch.setattr(generate, "sample_from_checkpoint", broken)
+    monkeypatch.setattr(cli, "sample_from_checkpoint", broken)
     code, printed = _run(["sample", "--checkpoint", paths["run"], "--out", paths["out"] / "g.png"], capsys)
     assert code == 1 and "Traceback" not in printed
     assert "unexpected ZeroDivisionError: division by zero" in printed and "--debug" in printed
 
 
 def test_ctrl_c_exits_130(paths, monkeypatch, capsys):
-    import ddpm_helpers.generate as generate
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(generate, "sample_from_checkpoint", interrupted)
+    monkeypatch.setattr(cli, "sample_from_checkpoint", interrupted)
     argv = ["sample", "--checkpoint", paths["run"], "--out", paths["out"] / "g.png"]
     assert _run(argv, capsys) == (130, "interrupted\n")
 
@@ -332,11 +331,11 @@ def test_a_read_only_folder_is_a_message(paths, capsys):
 # Flag types and the printed "continue with" command
 # ---------------------------------------------------------------------------------------------
 def test_parse_duration_reads_hours_minutes_seconds():
-    assert [cli.parse_duration(t) for t in ("11h30m", "90m", "45s", "1.5h", "3600", None)] == \
+    assert [parse_duration(t) for t in ("11h30m", "90m", "45s", "1.5h", "3600", None)] == \
            [41400, 5400, 45, 5400, 3600, None]
     for bad in ("soon", "1.2.3h", "-5m", "5x"):
         with pytest.raises(ValueError, match="cannot read duration"):
-            cli.parse_duration(bad)
+            parse_duration(bad)
 
 
 def test_every_subcommand_has_a_row_in_the_table():

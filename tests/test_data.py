@@ -15,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_helpers import cache, data
-from ddpm_helpers.config import DataConfig
-from ddpm_helpers.data import (BatchIterator, CacheError, CelebALocation, DataNotFoundError, build_cache, crop_box,
-                               find_celeba, from_model_range, list_images, load_cache, load_image, offline_faces,
-                               prepare_images, to_model_range)
+from ddpm_helpers import cache, celeba, data
+from ddpm_helpers.cache import CacheError, build_cache, load_cache
+from ddpm_helpers.celeba import CelebALocation, DataNotFoundError, crop_box, find_celeba, list_images, load_image
+from ddpm_helpers.config import CROP_NAMES, CROPS, DataConfig
+from ddpm_helpers.data import BatchIterator, offline_faces, prepare_images
+from ddpm_helpers.images import from_model_range, to_model_range
 
 PARTITIONS = [0, 0, 0, 1, 1, 2]  # ids 000001–000003 train, 000004–000005 valid, 000006 test
 NAMES = [f"{i:06d}.jpg" for i in range(1, len(PARTITIONS) + 1)]
@@ -268,7 +269,7 @@ def test_cache_is_reused_without_decoding(tmp_path, six_images, monkeypatch):
     def must_not_decode(*args, **kwargs):
         raise AssertionError("the cache was rebuilt")
 
-    monkeypatch.setattr(data, "load_image", must_not_decode)
+    monkeypatch.setattr(cache, "load_image", must_not_decode)   # the name the cache builder calls
     assert build_cache(six_images, tmp_path / "c.npy", "ddim_128", 16, progress=False, workers=1) == path
     assert path.stat().st_mtime_ns == mtime
 
@@ -324,7 +325,7 @@ def test_build_killed_before_its_metadata_leaves_no_trusted_cache(tmp_path, six_
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache, "_write_json", killed)
+    monkeypatch.setattr(cache, "write_json", killed)
     with pytest.raises(KeyboardInterrupt):
         build_cache(six_images, path, "center_140", 16, progress=False, workers=1)  # same shape, other pixels
     with pytest.raises(CacheError, match="no metadata"):
@@ -432,7 +433,7 @@ def test_images_smaller_than_the_crop_are_skipped_and_reported(tmp_path, six_ima
     Image.new("RGB", (1, 1), (200, 10, 10)).save(tiny)
     small = tmp_path / "small.png"
     _fake_face(3, (40, 49)).save(small)                            # its ddim_128 box is 29×29 < 32
-    with pytest.raises(data.ImageTooSmallError, match="1×1 image: its ddim_128 crop is 1×1 pixels, smaller than 16"):
+    with pytest.raises(celeba.ImageTooSmallError, match="1×1 image: its ddim_128 crop is 1×1 pixels, smaller than 16"):
         load_image(tiny, "ddim_128", 16)
     with caplog.at_level(logging.WARNING, logger="ddpm_helpers"):
         path = build_cache([six_images[0], tiny, small, six_images[1]], tmp_path / "c.npy", "ddim_128", 32,
@@ -647,3 +648,14 @@ def test_a_cache_folder_under_the_kaggle_inputs_is_used_only_when_it_holds_the_c
     assert usable_cache_dir(recorded, "c.npy") == recorded                      # present: reused in place
     assert usable_cache_dir(tmp_path / "elsewhere", "c.npy") == tmp_path / "elsewhere"
     assert usable_cache_dir(None, "c.npy") == tmp_path / "cache"
+
+
+def test_names_that_moved_still_import_from_their_old_module_with_a_warning():
+    """Pushed Kaggle kernels and older notebooks import these from data; they resolve to the one definition."""
+    with pytest.warns(DeprecationWarning, match="data.load_image moved to ddpm_helpers.celeba.load_image"):
+        assert data.load_image is load_image
+    with pytest.warns(DeprecationWarning):
+        assert data.to_model_range is to_model_range
+    with pytest.raises(AttributeError):
+        _ = data.no_such_name
+    assert CROP_NAMES == tuple(CROPS)   # the flags' names are the crop table's keys

@@ -65,7 +65,8 @@ def test_reverse_step_equals_the_report_update_by_hand():
         torch.testing.assert_close(out[b], by_hand)
     # the posterior-variance option uses σ_t² = β̃_t
     out_post = p_sample(model, xt, t, s, noise=z, variance="posterior")
-    torch.testing.assert_close(out_post - out, (s.posterior_variance[t].sqrt() - s.betas[t].sqrt()).reshape(2, 1, 1, 1) * z)
+    torch.testing.assert_close(out_post - out,
+                               (s.posterior_variance[t].sqrt() - s.betas[t].sqrt()).reshape(2, 1, 1, 1) * z)
 
 
 def test_no_noise_at_the_last_step():
@@ -111,9 +112,12 @@ def test_samplers_recover_known_gaussian_data():
     shape = (4000, 1, 1, 1)
     runs = {
         "ddpm_beta": lambda g: ddpm_sample(GaussianOracle(s), shape, s, generator=g, progress=False),
-        "ddpm_post": lambda g: ddpm_sample(GaussianOracle(s), shape, s, generator=g, variance="posterior", progress=False),
-        "ddim_eta1": lambda g: ddim_sample(GaussianOracle(s), shape, s, steps=1000, eta=1.0, generator=g, progress=False),
-        "ddim_eta0": lambda g: ddim_sample(GaussianOracle(s), shape, s, steps=1000, eta=0.0, generator=g, progress=False),
+        "ddpm_post": lambda g: ddpm_sample(GaussianOracle(s), shape, s, generator=g, variance="posterior",
+                                           progress=False),
+        "ddim_eta1": lambda g: ddim_sample(GaussianOracle(s), shape, s, steps=1000, eta=1.0, generator=g,
+                                           progress=False),
+        "ddim_eta0": lambda g: ddim_sample(GaussianOracle(s), shape, s, steps=1000, eta=0.0, generator=g,
+                                           progress=False),
     }
     out = {k: f(torch.Generator().manual_seed(0)) for k, f in runs.items()}
     for name, x in out.items():
@@ -143,7 +147,8 @@ def test_ddim_eta0_deterministic_given_noise_and_eta1_is_ddpm_posterior():
     oracle = GaussianOracle(s)
     noise = torch.randn(3, 1, 2, 2)
     a = ddim_sample(oracle, noise.shape, s, steps=10, noise=noise, progress=False)
-    b = ddim_sample(oracle, noise.shape, s, steps=10, noise=noise, generator=torch.Generator().manual_seed(9), progress=False)
+    b = ddim_sample(oracle, noise.shape, s, steps=10, noise=noise, generator=torch.Generator().manual_seed(9),
+                    progress=False)
     torch.testing.assert_close(a, b)
     # η = 1, consecutive steps: σ² = β̃_t and the mean is μ̃(x̂_0, x_t)
     xt, eps = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
@@ -198,7 +203,7 @@ def test_tiny_unet_learns_on_a_handful_of_images():
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
     losses = []
-    for step in range(300):
+    for _ in range(300):
         loss = training_loss(model, images, s, generator=g)
         opt.zero_grad()
         loss.backward()
@@ -224,7 +229,8 @@ def test_samplers_put_the_model_in_eval_mode_and_restore_every_module(sampler):
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     s = NoiseSchedule.linear(20)
     noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    run = (lambda x: ddpm_sample(model, x.shape, s, noise=x, generator=torch.Generator().manual_seed(2), progress=False)) \
+    run = (lambda x: ddpm_sample(model, x.shape, s, noise=x, generator=torch.Generator().manual_seed(2),
+                                 progress=False)) \
         if sampler == "ddpm" else (lambda x: ddim_sample(model, x.shape, s, steps=5, noise=x, progress=False))
     together = run(noise)
     if sampler == "ddim":                                 # deterministic: sample 0 alone must be the same

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-import ddpm_helpers.data as data
+from ddpm_helpers import evaluate, swd
 from ddpm_helpers.cli import main
 from ddpm_helpers.evaluate import MetricsUnavailable, SimpleFeatures, compute_metrics, extract_features
 
@@ -147,7 +147,8 @@ def sample_folder(real, tmp_path, monkeypatch):
     def fake_prepare(cfg, **kwargs):
         asked.append(cfg)
         return real.permute(0, 2, 3, 1).numpy(), f"test textures ({cfg.crop} → {cfg.image_size} px)"
-    monkeypatch.setattr(data, "prepare_images", fake_prepare)
+    monkeypatch.setattr(evaluate, "prepare_images", fake_prepare)   # the names evaluate and swd call
+    monkeypatch.setattr(swd, "prepare_images", fake_prepare)
     return folder, asked
 
 

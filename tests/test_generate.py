@@ -8,10 +8,10 @@ from PIL import Image
 
 import ddpm_helpers.generate as gen
 from ddpm_helpers.checkpoint import FORMAT, CheckpointError, atomic_save, config_to_dict
-from ddpm_helpers.config import DataConfig, DiffusionConfig, TrainConfig, unet_preset
 from ddpm_helpers.cli import main
-from ddpm_helpers.generate import (DamagedImageError, SampleFolderError, generate, png_problem, read_png,
-                                   read_samples_json, sample_from_checkpoint)
+from ddpm_helpers.config import DataConfig, DiffusionConfig, TrainConfig, unet_preset
+from ddpm_helpers.generate import SampleFolderError, generate, read_samples_json, sample_from_checkpoint
+from ddpm_helpers.images import DamagedImageError, png_problem, read_png
 from ddpm_helpers.schedule import NoiseSchedule
 from ddpm_helpers.unet import UNet
 
@@ -67,7 +67,8 @@ def test_sample_i_depends_only_on_seed_and_index(run, sampler):
     torch.testing.assert_close(tail, whole[4:], atol=1e-5, rtol=0)
     assert not torch.allclose(whole, generate(raw, schedule, 8, batch_size=4, **{**kw, "seed": 4}))
     if sampler == "ddim":   # deterministic DDIM: the batching does not matter either
-        torch.testing.assert_close(generate(raw, schedule, 3, batch_size=2, start=5, **kw), whole[5:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(generate(raw, schedule, 3, batch_size=2, start=5, **kw), whole[5:], atol=1e-5,
+                                   rtol=0)
 
 
 def test_cli_writes_a_grid_of_the_right_pixel_size(run, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ddpm_helpers import cli, kaggle, notebook_setup
+from ddpm_helpers import cli, env, kaggle, notebook_setup
 from ddpm_helpers.notebook_setup import find_package_source, is_small_forced, setup
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,7 +110,8 @@ def test_write_package_dataset(tmp_path):
     assert (meta["title"], meta["id"]) == ("ddpm-helpers-code", "alice/ddpm-helpers-code")
     assert [lic["name"] for lic in meta["licenses"]] == ["other"] and "other" in KAGGLE_DATASET_LICENSES
     assert "MIT" in meta["description"] and "CelebA" in meta["description"]   # "other": said in the description
-    assert (folder / "LICENSE").read_text() == (REPO / "LICENSE").read_text() and "MIT" in (REPO / "LICENSE").read_text()
+    licence = (REPO / "LICENSE").read_text()
+    assert (folder / "LICENSE").read_text() == licence and "MIT" in licence
     assert (folder / "ddpm_helpers" / "__init__.py").is_file()
     assert (folder / "ddpm_helpers" / "notebook_setup.py").is_file()
     assert not list(folder.rglob("__pycache__"))
@@ -180,7 +182,8 @@ def test_first_cell_imports_package_from_fake_kaggle_input(tmp_path, mount):
     _plant_celeba(kin / mount.replace("ddpm-helpers-code", "celeba-dataset"))
     work = tmp_path / "kaggle" / "working"
     work.mkdir(parents=True)
-    script = _first_cell() + "\nimport ddpm_helpers\nprint('FROM', ddpm_helpers.__file__)\nprint('CELEBA', RUN.celeba.image_dir)\n"
+    script = (_first_cell() + "\nimport ddpm_helpers\nprint('FROM', ddpm_helpers.__file__)\n"
+              "print('CELEBA', RUN.celeba.image_dir)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CELEBA_DIR", "DDPM_SHARED_DATA")}
     env.update(DDPM_KAGGLE_INPUT=str(kin), DDPM_FIGURES_DIR=str(tmp_path / "figures"), DDPM_SMALL="1",
                MPLBACKEND="Agg", KAGGLE_KERNEL_RUN_TYPE="")
@@ -232,14 +235,14 @@ def test_kaggle_is_recognised_by_its_variable_not_by_a_folder(tmp_path, monkeypa
     monkeypatch.setattr(notebook_setup, "repository_root", lambda: tmp_path / "clone")
     working = tmp_path / "kaggle" / "working"
     working.mkdir(parents=True)
-    assert not notebook_setup.is_kaggle({}) and not notebook_setup.is_kaggle({"KAGGLE_KERNEL_RUN_TYPE": " "})
-    assert notebook_setup.is_kaggle({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"})
+    assert not env.is_kaggle({}) and not env.is_kaggle({"KAGGLE_KERNEL_RUN_TYPE": " "})
+    assert env.is_kaggle({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"})
     run = setup(kaggle_input=tmp_path / "none", environ={"DDPM_KAGGLE_ROOT": str(tmp_path / "kaggle")}, announce=False)
     assert not run.on_kaggle and run.out_dir == tmp_path / "clone" / "runs" and not any(working.iterdir())
     run = setup(kaggle_input=tmp_path / "none", announce=False,
                 environ={"DDPM_KAGGLE_ROOT": str(tmp_path / "kaggle"), "KAGGLE_KERNEL_RUN_TYPE": "Batch"})
     assert run.on_kaggle and run.out_dir == working and run.figures_dir == working / "figures"
-    assert notebook_setup.kaggle_input_dir({"DDPM_KAGGLE_ROOT": "/x"}) == Path("/x/input")
+    assert env.kaggle_input_dir({"DDPM_KAGGLE_ROOT": "/x"}) == Path("/x/input")
 
 
 def test_setup_small_without_gpu_or_celeba(tmp_path, monkeypatch, capsys):
@@ -251,7 +254,7 @@ def test_setup_small_without_gpu_or_celeba(tmp_path, monkeypatch, capsys):
     assert run.celeba is None and run.repo_root == tmp_path / "clone"
     assert run.figures_dir == tmp_path / "clone" / "figures" and run.out_dir == tmp_path / "clone" / "runs"
     assert "Small configuration" in capsys.readouterr().out
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         run.full = True                                                       # frozen
     sample = tmp_path / "shared" / "celeba_sample"
     _plant_celeba(sample)
@@ -310,7 +313,8 @@ class _NotFound(Exception):
 class FakeKaggleApi:
     """Stands in for KaggleApi: records calls, answers with scripted statuses and server-side errors."""
 
-    def __init__(self, dataset_exists=False, dataset_statuses=("pending", "ready"), kernel_statuses=("running", "complete"),
+    def __init__(self, dataset_exists=False, dataset_statuses=("pending", "ready"),
+                 kernel_statuses=("running", "complete"),
                  push_response=None):
         self.calls, self.exists = [], dataset_exists
         self.dataset_statuses, self.kernel_statuses = list(dataset_statuses), list(kernel_statuses)
@@ -347,7 +351,8 @@ class FakeKaggleApi:
 
 def _push_args(tmp_path, *extra):
     parser = cli.add_kaggle_arguments(argparse.ArgumentParser())
-    return parser.parse_args(["--user", "alice", "--out", str(tmp_path / "build"), "--repo-root", str(REPO), "--poll", "0",
+    return parser.parse_args(["--user", "alice", "--out", str(tmp_path / "build"), "--repo-root", str(REPO),
+                              "--poll", "0",
                               "--notebooks", str(_fake_notebooks(tmp_path / "nbs", ALL_NOTEBOOKS)), "--push", *extra])
 
 

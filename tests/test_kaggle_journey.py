@@ -11,9 +11,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from kaggle_standin import InputsModified, KaggleStandIn
 
 from ddpm_helpers import kaggle
-from kaggle_standin import InputsModified, KaggleStandIn
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_STEPS = 160          # the stand-in's small budget ($DDPM_SMALL_MAX_STEPS), announced by the notebooks
@@ -123,7 +123,7 @@ def standin_chain(tmp_path):
 
 def _fingerprint(checkpoint: Path) -> str:
     from ddpm_helpers.checkpoint import load_model
-    from ddpm_helpers.session import weights_fingerprint
+    from ddpm_helpers.generate import weights_fingerprint
     return weights_fingerprint(load_model(checkpoint)[0])
 
 
@@ -149,7 +149,8 @@ def test_kaggle_chain_04_cut_off_04_resumes_05_samples_04s_model(standin_chain):
     assert step == SMALL_STEPS or (step > v1_steps[-1] and "this session: time budget" in text), text[-2000:]
     logged = [int(row.split(",")[0]) for row in (v2.output / "04_small" / "metrics.csv").read_text().splitlines()[1:]]
     assert logged[0] <= v1_steps[-1] and logged[-1] >= step - 10                # the loss log continues across versions
-    assert {"04_small_loss.png", "04_small_samples.png", "04_small_figures.json"} <= {p.name for p in (v2.output / "figures").iterdir()}
+    made = {p.name for p in (v2.output / "figures").iterdir()}
+    assert {"04_small_loss.png", "04_small_samples.png", "04_small_figures.json"} <= made
 
     v3 = standin.run(kernel["05"], time_limit_s=400)
     assert v3.status == "complete", v3.error
@@ -158,4 +159,5 @@ def test_kaggle_chain_04_cut_off_04_resumes_05_samples_04s_model(standin_chain):
     printed = re.search(r"weights fingerprint: (\w+)", text).group(1)
     assert printed == _fingerprint(final) and "trained here" not in text     # 04's weights, not a model of its own
     assert not (v3.output / "05_small").exists()
-    assert {"05_small_trajectory.png", "05_small_ddpm_vs_ddim.png", "05_small_eta.png", "05_small_reverse.gif"} <= {p.name for p in (v3.output / "figures").iterdir()}
+    made = {p.name for p in (v3.output / "figures").iterdir()}
+    assert {"05_small_trajectory.png", "05_small_ddpm_vs_ddim.png", "05_small_eta.png", "05_small_reverse.gif"} <= made

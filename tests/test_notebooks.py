@@ -15,7 +15,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 # What belongs in the package, never in a notebook (the GUIDE: notebooks import the library, they do not paste it).
 FORBIDDEN = {
     "an nn.Module subclass": re.compile(r"^\s*class\s+\w+\s*\([^)]*(nn\.)?Module\b", re.M),
-    "a sampler or a forward-process step": re.compile(r"^\s*def\s+(p_sample|q_sample|p_mean|forward_step|\w*_sample|sample\w*)\s*\(", re.M),
+    "a sampler or a forward-process step":
+        re.compile(r"^\s*def\s+(p_sample|q_sample|p_mean|forward_step|\w*_sample|sample\w*)\s*\(", re.M),
     "a loss": re.compile(r"^\s*def\s+\w*loss\w*\s*\(", re.M),
     "a training loop": re.compile(r"^\s*def\s+train\w*\s*\(", re.M),
     "a backward pass": re.compile(r"\.backward\s*\("),
@@ -40,7 +41,8 @@ def test_there_are_notebooks():
 def test_notebook_is_valid_and_clean(path):
     nb = _read(path)
     nbformat.validate(nb)
-    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
     assert not dirty, (f"{path.name}: code cells {dirty} have outputs or execution counts; clear them with "
                        f"`jupyter nbconvert --clear-output --inplace {path}`")
 
@@ -68,7 +70,8 @@ def test_every_code_cell_is_short(path):
     """The first cell (the identical bootstrap, checked below) is exempt."""
     long = {i: n for i, cell in enumerate(_code_cells(_read(path))[1:], 1)
             if (n := sum(1 for line in cell.source.splitlines() if line.strip())) > MAX_CELL_LINES}
-    assert not long, (f"{path.name}: code cells {long} (index: non-blank lines) are longer than {MAX_CELL_LINES} lines; "
+    assert not long, (f"{path.name}: code cells {long} (index: non-blank lines) are longer than {MAX_CELL_LINES} "
+                      "lines; "
                       f"move the logic into a tested ddpm_helpers function and call it")
 
 

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from ddpm_helpers import session
+from ddpm_helpers.cache import cache_dir_for, cache_file_name
 from ddpm_helpers.checkpoint import checkpoint_step, load_model
 from ddpm_helpers.config import train_preset
+from ddpm_helpers.generate import weights_fingerprint
 from ddpm_helpers.notebook_setup import Run, small_training_config
-from ddpm_helpers.train import TrainingError
+from ddpm_helpers.runtime import TrainingError
 
 
 def _run(tmp_path: Path, on_kaggle: bool = False, full: bool = False, n_gpus: int = 0, started: float = 0.0) -> Run:
@@ -68,7 +70,8 @@ def _plant_celeba(root: Path, n: int = 3) -> Path:
     images.mkdir(parents=True)
     for i in range(1, n + 1):
         Image.new("RGB", (178, 218), (40 * i, 90, 60)).save(images / f"{i:06d}.jpg")
-    (root / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(f"{i:06d}.jpg,0\n" for i in range(1, n + 1)))
+    rows = "".join(f"{i:06d}.jpg,0\n" for i in range(1, n + 1))
+    (root / "list_eval_partition.csv").write_text("image_id,partition\n" + rows)
     return images
 
 
@@ -78,19 +81,19 @@ def test_cache_dir_reuses_a_committed_cache_from_the_input_and_never_copies_it(t
     images = _plant_celeba(kin / "datasets" / "jessicali9530" / "celeba-dataset")
     data = DataConfig(root=str(images), image_size=16, max_images=2)
     run = _run(tmp_path, on_kaggle=True)
-    assert session.cache_dir_for(_run(tmp_path), data, kin) == run.out_dir / "cache"      # off Kaggle: its own
-    assert session.cache_dir_for(run, data, kin) == run.out_dir / "cache"                 # nothing to reuse yet
-    name = session.cache_file_name(data, kin)
+    assert cache_dir_for(_run(tmp_path), data, kin) == run.out_dir / "cache"      # off Kaggle: its own
+    assert cache_dir_for(run, data, kin) == run.out_dir / "cache"                 # nothing to reuse yet
+    name = cache_file_name(data, kin)
     assert name == "celeba_train_ddim_128_16px_c3_n2.npy"
     previous = kin / "notebooks" / "alice" / "ddpm-04-training" / "cache"
     previous.mkdir(parents=True)
     (previous / name.replace(".npy", ".json")).write_text("{}")
-    assert session.cache_dir_for(run, data, kin) == run.out_dir / "cache"                 # not committed: no array
+    assert cache_dir_for(run, data, kin) == run.out_dir / "cache"                 # not committed: no array
     (previous / name).write_bytes(b"x")
-    assert session.cache_dir_for(run, data, kin) == previous                              # used in place
+    assert cache_dir_for(run, data, kin) == previous                              # used in place
     other = dataclasses.replace(data, image_size=32)
-    assert session.cache_dir_for(run, other, kin) == run.out_dir / "cache"                # other settings: build
-    assert session.cache_file_name(DataConfig(root=str(tmp_path / "nothing")), kin) is None
+    assert cache_dir_for(run, other, kin) == run.out_dir / "cache"                # other settings: build
+    assert cache_file_name(DataConfig(root=str(tmp_path / "nothing")), kin) is None
 
 
 def test_train_command_and_a_failing_job_stop_with_the_log_tail(tmp_path):
@@ -116,7 +119,6 @@ def test_train_command_and_a_failing_job_stop_with_the_log_tail(tmp_path):
 
 
 def test_run_training_picks_torchrun_on_several_gpus_and_counts_the_budget_from_the_start(tmp_path, monkeypatch):
-    import ddpm_helpers.train as train_module
     cfg = train_preset("smoke", out_dir=str(tmp_path / "run"), time_budget=600.0)
     seen = {}
     monkeypatch.setattr(session, "run_command", lambda command, log: seen.update(command=command, log=log))
@@ -125,7 +127,7 @@ def test_run_training_picks_torchrun_on_several_gpus_and_counts_the_budget_from_
     result = session.run_training(cfg, run, resume=None, preset="smoke")
     assert seen["command"][:4] == ["torchrun", "--standalone", "--nproc_per_node", "2"]
     assert seen["log"] == tmp_path / "run" / "train.log" and result.checkpoint is None
-    monkeypatch.setattr(train_module, "train", lambda c, resume=None, progress=True: seen.update(cfg=c, resume=resume)
+    monkeypatch.setattr(session, "train", lambda c, resume=None, progress=True: seen.update(cfg=c, resume=resume)
                         or type("R", (), {"step": 7, "stop_reason": "done", "checkpoint": None})())
     one_gpu = dataclasses.replace(run, n_gpus=1, started=__import__("time").time() - 100)
     result = session.run_training(cfg, one_gpu, resume=True, preset="smoke", budget_from_start=True)
@@ -156,7 +158,7 @@ def test_find_model_for_sampling_takes_04s_checkpoint(tmp_path, small_checkpoint
         shutil.copytree(checkpoint.parent, kin / "notebooks" / "alice" / "ddpm-04-training" / "04_small")
     found = session.find_model_for_sampling(run, "04_small", expected=cfg, kaggle_input=kin)
     assert found is not None and not found.trained_here and checkpoint_step(found.checkpoint) == 2
-    assert session.weights_fingerprint(found.model) == session.weights_fingerprint(load_model(checkpoint)[0])
+    assert weights_fingerprint(found.model) == weights_fingerprint(load_model(checkpoint)[0])
     assert not found.model.training
     moved = dataclasses.replace(cfg, out_dir="/elsewhere", data=dataclasses.replace(cfg.data, cache_dir="/kaggle/x"))
     assert session.find_model_for_sampling(run, "04_small", expected=moved, kaggle_input=kin) is not None
@@ -166,7 +168,6 @@ def test_find_model_for_sampling_takes_04s_checkpoint(tmp_path, small_checkpoint
 
 
 def test_model_for_sampling_trains_only_when_there_is_no_checkpoint(tmp_path, small_checkpoint, monkeypatch, capsys):
-    import ddpm_helpers.train as train_module
     import shutil
     checkpoint, cfg = small_checkpoint
     small = dataclasses.replace(cfg, out_dir=str(tmp_path / "05_small"))
@@ -177,7 +178,7 @@ def test_model_for_sampling_trains_only_when_there_is_no_checkpoint(tmp_path, sm
         Path(c.out_dir).mkdir(parents=True)
         return type("R", (), {"checkpoint": Path(shutil.copy(checkpoint, c.out_dir))})()
 
-    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(session, "train", fake_train)
     run = _run(tmp_path, on_kaggle=True)
     found = session.model_for_sampling(run, "04_small", small, kaggle_input=tmp_path / "empty")
     assert found.trained_here and trained == [small] and found.checkpoint.parent == tmp_path / "05_small"
@@ -192,10 +193,10 @@ def test_weights_fingerprint_changes_with_any_weight():
     a = UNet(cfg)
     torch.manual_seed(0)
     b = UNet(cfg)
-    assert session.weights_fingerprint(a) == session.weights_fingerprint(b)
+    assert weights_fingerprint(a) == weights_fingerprint(b)
     with torch.no_grad():
         next(b.parameters()).view(-1)[0] += 1e-6
-    assert session.weights_fingerprint(a) != session.weights_fingerprint(b)
+    assert weights_fingerprint(a) != weights_fingerprint(b)
     assert UNET_PRESETS  # the presets exist for the notebooks' configs
 
 

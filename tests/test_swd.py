@@ -16,8 +16,17 @@ from PIL import Image
 
 from ddpm_helpers.config import DataConfig
 from ddpm_helpers.data import offline_faces
-from ddpm_helpers.swd import (heldout_images, laplacian_pyramid, normalise_descriptors, pyr_down, pyr_up,
-                              pyramid_levels, sliced_wasserstein, swd, swd_report)
+from ddpm_helpers.swd import (
+    heldout_images,
+    laplacian_pyramid,
+    normalise_descriptors,
+    pyr_down,
+    pyr_up,
+    pyramid_levels,
+    sliced_wasserstein,
+    swd,
+    swd_report,
+)
 
 FAST = dict(patches_per_image=32, dir_repeats=2, dirs_per_repeat=64)   # small, for speed
 
@@ -62,7 +71,8 @@ def test_sliced_distance_of_a_shifted_set_is_the_mean_projected_shift():
     expected = np.mean([(0.5 * (d[:, 0] / d.norm(dim=1)).abs()).mean().item()
                         for d in (torch.randn(20, 10, generator=g, dtype=torch.float64) for _ in range(3))])
     assert got == pytest.approx(expected, rel=1e-9)
-    assert sliced_wasserstein(a, a[torch.randperm(500)], torch.Generator().manual_seed(7)) == pytest.approx(0, abs=1e-12)
+    shuffled = a[torch.randperm(500)]
+    assert sliced_wasserstein(a, shuffled, torch.Generator().manual_seed(7)) == pytest.approx(0, abs=1e-12)
 
 
 def test_descriptors_are_normalised_per_channel():
@@ -130,7 +140,7 @@ def test_heldout_set_is_the_split_after_max_images(tmp_path, monkeypatch):
     images, description = heldout_images(cfg)
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
     assert "6–7" in description and "first 5" in description
-    from ddpm_helpers.data import load_image
+    from ddpm_helpers.celeba import load_image
     np.testing.assert_array_equal(images[0], load_image(root / "000006.jpg", "ddim_128", 16, 3))
     with pytest.raises(ValueError, match="no held-out images"):
         heldout_images(DataConfig(root=str(root), image_size=16, cache_dir=str(tmp_path / "cache")))

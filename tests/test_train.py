@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from ddpm_helpers import checkpoint as ck
-from ddpm_helpers.config import train_preset
-from ddpm_helpers.cli import parse_duration
-from ddpm_helpers.train import EMA, TrainingError, ema_decay_at, train
+from ddpm_helpers.config import parse_duration, train_preset
+from ddpm_helpers.files import atomic_open, atomic_save
+from ddpm_helpers.optim import EMA, ema_decay_at
+from ddpm_helpers.runtime import TrainingError
+from ddpm_helpers.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +95,7 @@ def test_time_budget_stops_and_saves(tmp_path):
 
 
 def test_nan_loss_is_skipped_and_counted_then_stops(tmp_path, monkeypatch):
-    import ddpm_helpers.diffusion as T      # the Trainer's loss is diffusion.training_loss, which calls q_sample
+    import ddpm_helpers.diffusion as T  # the Trainer's loss is diffusion.training_loss, which calls q_sample
     real = T.q_sample
     calls = {"n": 0}
 
@@ -225,9 +227,9 @@ def test_auto_amp_is_fp16_on_a_t4_and_bf16_from_ampere(monkeypatch):
 
 def test_atomic_open_keeps_the_old_file_when_a_write_fails(tmp_path):
     target = tmp_path / "ckpt_00000001.pt"
-    ck.atomic_save({"step": 1}, target)
+    atomic_save({"step": 1}, target)
     with pytest.raises(RuntimeError):
-        with ck.atomic_open(target) as f:
+        with atomic_open(target) as f:
             f.write(b"half a checkpoint")
             raise RuntimeError("killed mid-write")
     assert torch.load(target)["step"] == 1
@@ -401,7 +403,7 @@ def test_outputs_are_created_with_the_users_umask(tmp_path):
         for path in (r.checkpoint, tmp_path / "run" / "metrics.csv"):
             assert path.stat().st_mode & 0o777 == 0o644, path
         os.umask(0o002)
-        ck.atomic_save({"step": 1}, tmp_path / "x.pt")
+        atomic_save({"step": 1}, tmp_path / "x.pt")
         assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o664
     finally:
         os.umask(old)
@@ -409,7 +411,7 @@ def test_outputs_are_created_with_the_users_umask(tmp_path):
 
 def test_a_checkpoint_that_cannot_be_written_says_so_and_keeps_the_previous_one(tmp_path, monkeypatch):
     import errno
-    ck.atomic_save({"step": 4}, tmp_path / "ckpt_00000004.pt")
+    atomic_save({"step": 4}, tmp_path / "ckpt_00000004.pt")
 
     def full_disk(obj, path):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -114,7 +114,8 @@ def test_time_embedding_is_added_between_the_two_convs_of_every_block(preset):
     injections = anatomy.time_injections(model, x, t)
     names = set(injections)
     assert len(names) == 1 + 2 * model.cfg.depth
-    assert {"inc"} | {f"downs.{i}.conv" for i in range(model.cfg.depth)} | {f"ups.{i}.conv" for i in range(model.cfg.depth)} == names
+    levels = range(model.cfg.depth)
+    assert {"inc"} | {f"downs.{i}.conv" for i in levels} | {f"ups.{i}.conv" for i in levels} == names
     for name, (measured, expected) in injections.items():
         torch.testing.assert_close(measured, expected, atol=1e-5, rtol=1e-5, msg=name)
         assert (measured[0] - measured[1]).abs().max() > 1e-4, name       # t = 0 and t = 999 add different shifts
@@ -146,7 +147,8 @@ def test_128_base_channels_doubles_every_level_and_quadruples_the_weights():
         m128 = build_unet("report", base_channels=128)
     assert m128.cfg.channels() == (128, 256, 512, 1024, 2048)
     assert 3.95 < count_parameters(m128) / count_parameters(m64) < 4.0     # convs are C_in·C_out; biases are linear
-    rows = anatomy.trace_shapes(m128, torch.empty(1, 3, 64, 64, device="meta"), torch.zeros(1, dtype=torch.long, device="meta"))
+    rows = anatomy.trace_shapes(m128, torch.empty(1, 3, 64, 64, device="meta"),
+                                torch.zeros(1, dtype=torch.long, device="meta"))
     assert [r.shape[1] for r in rows[:5]] == [128, 256, 512, 1024, 2048]
 
 
