@@ -34,7 +34,7 @@ from .config import DataConfig
 from .data import prepare_images
 from .errors import ConfigError, DDPMError
 from .files import atomic_save
-from .generate import read_samples_json
+from .generate import read_samples_json, sample_files
 from .images import DamagedImageError, from_model_range, read_png, to_model_range
 from .runtime import default_device
 
@@ -190,9 +190,7 @@ class ImageSource:
         if not folder.is_dir():
             raise FileNotFoundError(f"no image folder at {folder}")
         pngs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
-        numbered = sorted((p for p in pngs if p.stem.isdigit()), key=lambda p: int(p.stem))  # write_samples' names;
-        # a grid.png beside them is left out
-        self.files = numbered or pngs
+        self.files = sample_files(folder) or pngs       # write_samples' numbered PNGs, else any PNGs
         if not self.files:
             raise FileNotFoundError(f"no PNG images in {folder}")
 

@@ -99,6 +99,14 @@ def _default_device(model: nn.Module, device) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _to_device(model: nn.Module, schedule: NoiseSchedule, device) -> Tuple[torch.device, NoiseSchedule]:
+    """Move the model (when it can move) and the schedule to ``device`` (default: the model's); both returned."""
+    device = _default_device(model, device)
+    if hasattr(model, "to"):
+        model.to(device)
+    return device, schedule.to(device)
+
+
 @torch.no_grad()
 def sample_batch(model: nn.Module, schedule: NoiseSchedule, start: int, count: int, shape: Sequence[int],
                  sampler: str = "ddim", steps: int = 50, eta: float = 0.0, variance: str = "beta", seed: int = 0,
@@ -134,10 +142,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: str = "
     if n < 0 or batch_size < 1:
         raise ConfigError(f"need --n >= 0 and --batch-size >= 1, got n={n}, batch_size={batch_size}")
     shape = _model_image_shape(model, image_size, channels)
-    device = _default_device(model, device)
-    if hasattr(model, "to"):
-        model.to(device)
-    schedule = schedule.to(device)
+    device, schedule = _to_device(model, schedule, device)
     out = torch.empty(n, *shape)
     with eval_mode(model):
         bar = tqdm(total=n, desc=f"{sampler.upper()} samples", unit="img", disable=not progress)
@@ -261,10 +266,7 @@ def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, 
 
     missing, damaged = samples_to_redo(out_dir, n, shape)
     batches = sorted({i // batch_size for i in missing})
-    device = _default_device(model, device)
-    if hasattr(model, "to"):
-        model.to(device)
-    schedule = schedule.to(device)
+    device, schedule = _to_device(model, schedule, device)
     todo = set(missing)
     with eval_mode(model):
         bar = tqdm(total=len(missing), desc=f"{sampler.upper()} → {out_dir.name}", unit="img", disable=not progress)
@@ -280,9 +282,15 @@ def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, 
     return WriteReport(out_dir, written=len(missing), skipped=n - len(missing), n=n, damaged=damaged)
 
 
+def sample_files(out_dir: PathLike) -> List[Path]:
+    """The numbered PNGs of a sample folder (write_samples' names, not a grid.png beside them), in index order."""
+    pngs = (p for p in Path(out_dir).iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+    return sorted((p for p in pngs if p.stem.isdigit()), key=lambda p: int(p.stem))
+
+
 def read_sample_folder(out_dir: PathLike, limit: Optional[int] = None) -> torch.Tensor:
     """Read the PNGs of a sample folder (at most ``limit``), in index order. Returns uint8 (N, C, H, W)."""
-    files = sorted((p for p in Path(out_dir).glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))[:limit]
+    files = sample_files(out_dir)[:limit]
     if not files:
         raise FileNotFoundError(f"no sample PNGs in {out_dir}")
     return torch.stack([read_png(p) for p in files])
