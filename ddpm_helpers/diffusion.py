@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .schedule import NoiseSchedule, extract
+from .schedule import SPACINGS, NoiseSchedule, extract, timestep_grid
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -210,29 +210,17 @@ def ddpm_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule,
     return (x, rec.result()) if keep_steps is not None else x
 
 
-DDIM_SPACINGS = ("uniform", "linspace")
+DDIM_SPACINGS = SPACINGS
 
 
-def ddim_timesteps(T: int, steps: int, spacing: str = "uniform") -> List[int]:
+def ddim_timesteps(T, steps: int, spacing: str = "uniform") -> list[int]:
     """The sub-sequence τ of timestep indices that DDIM visits, descending (Song et al. 2020, App. D.2).
 
-    spacing="uniform": the DDIM paper's "linear" choice, τ_i = ⌊i · T/S⌋ for i = 0 … S−1 (its code's
-        ``range(0, T, T // S)`` when S divides T): for T = 1000, S = 50 → 980, 960, …, 20, 0. The default,
-        so that FIDs compare with published DDIM CelebA numbers.
-    spacing="linspace": S indices rounded from linspace(0, T − 1, S): 999, 979, 958, …, 0; it starts at
-        the pure-noise end (index T − 1) like DDPM does.
-    Both end at index 0 (the report's last step, t = 1). steps: S with 1 ≤ S ≤ T.
+    Kept for existing callers: the grids ("uniform", the default, so that FIDs compare with published DDIM
+    CelebA numbers; "linspace"; "quadratic"; "logsnr") are :func:`ddpm_helpers.schedule.timestep_grid`'s,
+    documented there. T: the number of training steps, or the NoiseSchedule ("logsnr" needs it). 1 ≤ S ≤ T.
     """
-    if not 1 <= steps <= T:
-        raise ValueError(f"DDIM steps must be between 1 and T={T}, got {steps}")
-    if spacing == "uniform":
-        return [(i * T) // steps for i in range(steps)][::-1]
-    if spacing == "linspace":
-        if steps == 1:
-            return [T - 1]
-        taus = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
-        return sorted(set(taus), reverse=True)
-    raise ValueError(f"unknown DDIM spacing {spacing!r}; use one of {DDIM_SPACINGS}")
+    return timestep_grid(T, steps, spacing)
 
 
 def ddim_step(xt: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, eps: torch.Tensor,
@@ -270,12 +258,12 @@ def ddim_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, ste
     """DDIM sampling (Song et al. 2020) over ``steps`` timesteps chosen by :func:`ddim_timesteps`.
 
     Same arguments and return value as :func:`ddpm_sample`; keep_steps refers to timestep indices τ_i;
-    spacing: "uniform" (the DDIM paper's, default) or "linspace".
+    spacing: a grid of :func:`ddpm_helpers.schedule.timestep_grid` ("uniform", the DDIM paper's, is the default).
     """
     device = device or next(_params(model), torch.empty(0)).device
     x = _initial_noise(shape, device, generator, noise)
     rec = _Recorder(keep_steps)
-    taus = ddim_timesteps(schedule.T, steps, spacing)
+    taus = timestep_grid(schedule, steps, spacing)
     with eval_mode(model):
         for i, tau in enumerate(tqdm(taus, desc=f"DDIM-{len(taus)}", disable=not progress, leave=False)):
             t = torch.full((shape[0],), tau, device=device, dtype=torch.long)
