@@ -11,7 +11,8 @@ from .config import DataConfig, DiffusionConfig, TrainConfig, UNetConfig, UNET_P
 from .diffusion import (Trajectory, ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, forward_step, p_mean,
                         p_sample, predict_x0, q_sample, training_loss)
 from .embeddings import TimeEmbedding, sinusoidal_embedding
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, timestep_grid
+from .dpm_solver import dpm_solver_sample
 from .unet import UNet, build_unet, count_parameters
 
 __version__ = "0.1.0"
