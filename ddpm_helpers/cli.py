@@ -284,10 +284,16 @@ def run_train(args: argparse.Namespace) -> int:
 def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from .fast_sampling import MODES as FAST_MODES
     from .generate import SAMPLERS, VARIANCES
+    from .schedule import SPACINGS
     p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (default) or ddpm (all T steps)")
-    p.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default 50, at most T); DDPM uses T")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="ddim (default), ddpm (all T steps), dpm++2m or dpm++3m (DPM-Solver++, 10-20 model calls)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="model calls: DDIM default 50, DPM-Solver++ default 20, at most T; DDPM uses T")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="timestep grid of ddim and dpm++: uniform (ddim's default), linspace, quadratic, logsnr "
+                        "(dpm++'s default)")
     p.add_argument("--eta", type=eta_value, default=0.0, help="DDIM η: 0 deterministic (default), 1 ≈ DDPM")
     p.add_argument("--variance", choices=VARIANCES, default=None,
                    help="DDPM σ_t²: beta (the report's) or posterior (β̃); default: the checkpoint's")
@@ -305,17 +311,19 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from .generate import sample_from_checkpoint
+    from .generate import default_spacing, default_steps, sample_from_checkpoint
     if args.out is None and args.out_dir is None:
         raise ConfigError("sample needs --out (a grid PNG) and/or --out-dir (single PNGs for metrics)")
-    if args.sampler == "ddpm" and args.steps is not None:
-        print("note: DDPM runs all T steps of the schedule; --steps is ignored (use --sampler ddim for fewer)",
-              file=sys.stderr)
+    if args.sampler == "ddpm" and (args.steps is not None or args.spacing is not None):
+        print("note: DDPM runs all T steps of the schedule; --steps/--spacing are ignored (use --sampler ddim or "
+              "dpm++2m for fewer)", file=sys.stderr)
     run = sample_from_checkpoint(args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                  seed=args.seed, out=args.out, out_dir=args.out_dir, ema=args.ema, device=args.device,
                                  batch_size=args.batch_size, variance=args.variance, progress=not args.quiet,
-                                 fast=args.fast)
-    label = "DDPM" if args.sampler == "ddpm" else f"DDIM-{args.steps or 50} η={args.eta:g}"
+                                 fast=args.fast, spacing=args.spacing)
+    steps, spacing = args.steps or default_steps(args.sampler), default_spacing(args.sampler, args.spacing)
+    label = ("DDPM" if args.sampler == "ddpm" else f"DDIM-{steps} η={args.eta:g} ({spacing} grid)"
+             if args.sampler == "ddim" else f"{args.sampler.upper()}-{steps} ({spacing} grid)")
     print(f"checkpoint: {run.checkpoint} ({'EMA' if args.ema else 'raw'} weights), sampler {label}, seed {args.seed}")
     if run.folder is not None:
         r = run.folder
@@ -466,8 +474,9 @@ def add_figures_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--prefix", default="", help="put before every file name, e.g. celeba32_")
     p.add_argument("--n", type=positive_int, default=None, help="samples in the grid (default 64; 16 with --quick)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sample i starts from noise seeded by (seed, i)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="the grid's and SWD's sampler (default ddim)")
-    p.add_argument("--steps", type=positive_int, default=None, help="their DDIM steps (default 50)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="the grid's and SWD's sampler: ddim (default), ddpm, dpm++2m, dpm++3m")
+    p.add_argument("--steps", type=positive_int, default=None, help="their steps (default 50)")
     p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--data", default=None, help="CelebA folder, when not where the checkpoint's run found it")
     p.add_argument("--no-data", action="store_true", help="skip the nearest training images and the SWD")

@@ -453,10 +453,12 @@ def evaluate_sample_folder(samples: PathLike, reference, n_fake: Optional[int] =
 
 
 def _sampler_label(meta: Dict[str, Any]) -> str:
-    """'DDIM η=0' / 'DDPM σ²=beta' from samples.json, '' when unknown."""
+    """'DDIM η=0' / 'DDPM σ²=beta' / 'DPM-Solver++(2M) logsnr grid' from samples.json, '' when unknown."""
     sampler = meta.get("sampler")
     if sampler == "ddim":
         return f"DDIM η={meta.get('eta', 0):g}"
     if sampler == "ddpm":
         return f"DDPM σ²={meta.get('variance')}"
+    if sampler in ("dpm++2m", "dpm++3m"):
+        return f"DPM-Solver++({sampler[5:].upper()}) {meta.get('spacing')} grid"
     return ""
