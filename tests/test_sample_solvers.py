@@ -84,3 +84,21 @@ def test_bad_solver_arguments_are_one_line_errors(ckpt, tmp_path, capsys):
     assert "between 1 and T=20" in err and len(err.splitlines()) == 1
     assert _sample(path, tmp_path / "b", "--sampler", "dpm++2m", "--spacing", "bogus") == 2
     assert "--spacing: invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_bench_solvers_dry_run_writes_one_row_per_sampler_grid_and_calls(tmp_path):
+    """benchmarks/bench_solvers.py on a tiny random model (its numbers mean nothing): the JSON's rows and fields."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_solvers
+    out = tmp_path / "solvers.json"
+    result = bench_solvers.main(["--dry-run", "--n", "4", "--calls", "2", "3", "--samplers", "ddim", "dpm++2m",
+                                 "--grids", "dpm++3m:quadratic", "--batch-size", "4", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    got = [(r["sampler"], r["order"], r["spacing"], r["calls"], len(r["swd"])) for r in result["rows"]]
+    assert got == [("ddim", None, "uniform", 2, 2), ("ddim", None, "uniform", 3, 2), ("dpm++2m", 2, "logsnr", 2, 2),
+                   ("dpm++2m", 2, "logsnr", 3, 2), ("dpm++3m", 3, "quadratic", 2, 2), ("dpm++3m", 3, "quadratic", 3, 2)]
+    r = result["rows"][0]
+    assert r["swd_spread"] == pytest.approx(max(r["swd"]) - min(r["swd"])) and r["seconds_per_image"] > 0
+    assert result["real_vs_real"] > 0 and result["n"] == 4 and result["seeds"] == [0, 1]
