@@ -1,7 +1,8 @@
 """ddpm_helpers: a tested DDPM on CelebA faces, behind the notebook series.
 
-Modules: config (frozen dataclasses, presets), schedule (β and derived terms), diffusion (forward
-process, loss, reverse step, DDPM/DDIM samplers), embeddings (time embedding), unet (the network),
+Modules: config (frozen dataclasses, presets), schedule (β and derived terms, timestep grids), diffusion (forward
+process, loss, reverse step, DDPM/DDIM samplers), dpm_solver (DPM-Solver++ 2M/3M and UniPC in
+10–20 model calls), embeddings (time embedding), unet (the network),
 celeba (finding CelebA), cache (the uint8 cache), data (crops, offline faces, batches), train (the loop,
 EMA, AMP), state (checkpoint contents, exact resume), runtime (device, AMP dtype, DDP, signals),
 runfolder (one training per folder), checkpoint (files), evaluate (FID/KID), plotting (figures).

@@ -155,3 +155,86 @@ def dpm_solver_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedul
     if clip:
         x = x.clamp(-1, 1)
     return (x, rec.result()) if keep_steps is not None else x
+
+
+# ---------------------------------------------------------------------------------------------
+# UniPC (Zhao et al. 2023, arXiv:2302.04867): the same exponential integrator with a corrector at no extra call
+# ---------------------------------------------------------------------------------------------
+def _unipc_rhos(rks: list[float], h: float, order: int, corrector: bool) -> tuple[float, list[float]]:
+    """B(h) = e^{−h} − 1 ("bh2") and the weights ρ of UniP/UniC-p in data prediction (Zhao et al. 2023, Alg. 2/3):
+    R_{ij} = r_j^{i−1}, b_i = (i−1)! · h φ_{i+1}(−h) / B(h), h φ_1(−h) = e^{−h} − 1, φ_{k+1} = (φ_k − 1/k!)/(−h);
+    ρ_p solves the first order−1 rows (½ for UniP-2), ρ_c all order rows (½ for UniC-1)."""
+    hh = -h
+    h_phi_k, factorial, b = math.expm1(hh) / hh - 1.0, 1, []
+    b_h = math.expm1(hh)
+    for i in range(1, order + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    if not corrector:
+        if order == 2:
+            return b_h, [0.5]
+        m = order - 1
+        R = torch.tensor([[r ** i for r in rks[:m]] for i in range(m)], dtype=torch.float64)
+        return b_h, torch.linalg.solve(R, torch.tensor(b[:m], dtype=torch.float64)).tolist() if m else []
+    if order == 1:
+        return b_h, [0.5]
+    R = torch.tensor([[r ** i for r in rks] for i in range(order)], dtype=torch.float64)
+    return b_h, torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
+
+
+def unipc_update(x_s: torch.Tensor, x0s: list[torch.Tensor], points: list[LogSNRPoint], t: LogSNRPoint, order: int,
+                 x0_t: torch.Tensor | None = None) -> torch.Tensor:
+    """One UniP-p step from s = points[-1] to t (x0_t None), or the UniC-p correction of the point t that UniP reached
+    from s, given x̂_0 there (x0_t) — Zhao et al. 2023, Eq. 8 and Alg. 2–3, "bh2", data prediction:
+
+    x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) x̂_0(s) − α_t B(h) (Σ_k ρ_k D_k [+ ρ_p (x̂_0(t) − x̂_0(s))]),
+    D_k = (x̂_0(s_k) − x̂_0(s))/r_k,  r_k = (λ_{s_k} − λ_s)/h, over the previous points s_k (newest first).
+    x0s, points: x̂_0 and (α, σ, λ) of the last ``order`` points, oldest first, s last.
+    """
+    s, m0 = points[-1], x0s[-1]
+    h = t.lam - s.lam
+    prev = list(zip(reversed(x0s[:-1]), reversed(points[:-1])))[:order - 1]
+    rks = [(p.lam - s.lam) / h for _, p in prev] + [1.0]
+    d1s = [(m - m0) / r for (m, _), r in zip(prev, rks)]
+    b_h, rhos = _unipc_rhos(rks, h, order, corrector=x0_t is not None)
+    res = sum((rho * d for rho, d in zip(rhos, d1s)), torch.zeros_like(m0))
+    if x0_t is not None:
+        res = res + rhos[-1] * (x0_t - m0)
+    return (t.sigma / s.sigma) * x_s - (t.alpha * math.expm1(-h)) * m0 - (t.alpha * b_h) * res
+
+
+@torch.no_grad()
+def unipc_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, steps: int = 10, order: int = 2,
+                 spacing: str = DEFAULT_SPACING, timesteps: Sequence[int] | None = None,
+                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None, clip: bool = True,
+                 keep_steps: Iterable[int] | None = None, progress: bool = True, device=None):
+    """UniPC (Zhao et al. 2023): UniP-p predictor steps, each point after the first corrected by UniC with the model
+    output already computed there (no extra call), as diffusers' UniPCMultistepScheduler (bh2, predict_x0,
+    lower_order_final). Orders: step i uses min(order, i + 1, S − i); UniP-2 is DPM-Solver++(2M).
+    Arguments and return value as :func:`dpm_solver_sample`.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    taus = solver_grid(schedule, steps, spacing, timesteps)
+    device = device or next(_params(model), torch.empty(0)).device
+    alpha_bars = schedule.alpha_bars.double().cpu()
+    points = [log_snr_point(alpha_bars[tau]) for tau in taus] + [log_snr_point(1.0)]
+    n = len(taus)
+    x = _initial_noise(shape, device, generator, noise)
+    rec = _Recorder(keep_steps)
+    x0s: list[torch.Tensor] = []
+    last_x, last_order = None, 0
+    with eval_mode(model):
+        for i, tau in enumerate(tqdm(taus, desc=f"UniPC-{order}-{n}", disable=not progress, leave=False)):
+            t = torch.full((shape[0],), tau, device=device, dtype=torch.long)
+            x0 = predict_x0(x, t, predict_eps(model, x, t), schedule)
+            if last_x is not None:                                     # UniC: correct x_i with its own x̂_0
+                x = unipc_update(last_x, x0s[-last_order:], points[i - last_order:i], points[i], last_order, x0)
+            rec(tau, x, x0)
+            x0s = (x0s + [x0])[-3:]
+            last_x, last_order = x, min(order, i + 1, n - i)
+            x = unipc_update(x, x0s[-last_order:], points[i + 1 - last_order:i + 1], points[i + 1], last_order)
+    if clip:
+        x = x.clamp(-1, 1)
+    return (x, rec.result()) if keep_steps is not None else x

@@ -5,13 +5,14 @@ cross-check.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from ddpm_helpers import dpm_solver_sample, timestep_grid
 from ddpm_helpers.diffusion import ddim_sample
-from ddpm_helpers.dpm_solver import step_orders
+from ddpm_helpers.dpm_solver import step_orders, unipc_sample
 from ddpm_helpers.oracle import GaussianOracle, gaussian_eps
 from ddpm_helpers.schedule import SPACINGS, NoiseSchedule, check_timesteps, log_snr
 
@@ -190,3 +191,41 @@ def test_bad_inputs_raise_one_line_value_errors():
         with pytest.raises(ValueError) as info:
             dpm_solver_sample(_linear_model, shape, S_LIN, progress=False, **kwargs)
         assert "\n" not in str(info.value), kwargs
+
+
+# --- UniPC (stretch): UniP predictor + UniC corrector, cross-checked against diffusers ----------------------------
+def _diffusers_unipc_run(model, noise, taus, order):
+    """diffusers' UniPCMultistepScheduler has no set_timesteps(timesteps=…): its grid is set here as its default
+    path would build it for these indices (σ = √((1 − ᾱ)/ᾱ) at each index, then 0 for final_sigmas_type="zero")."""
+    sched = UniPCMultistepScheduler(num_train_timesteps=S_LIN.T, trained_betas=S_LIN.betas.double().numpy(),
+                                    solver_order=order, final_sigmas_type="zero")
+    sched.set_timesteps(len(taus))
+    ab = sched.alphas_cumprod.double().numpy()
+    sigmas = np.sqrt((1 - ab) / ab)[taus]
+    sched.timesteps = torch.tensor(taus)
+    sched.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+    x = noise.clone()
+    for tau in sched.timesteps:
+        x = sched.step(model(x, tau.repeat(x.shape[0])), tau, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("model", [_linear_model, _nonlinear_model])
+def test_unipc_matches_diffusers_to_float32_rounding(model, order):
+    noise = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(order))
+    for spacing, S in (("logsnr", 10), ("uniform", 20), ("quadratic", 7)):
+        taus = timestep_grid(S_LIN, S, spacing)
+        ref = _diffusers_unipc_run(model, noise, taus, order)
+        ours = unipc_sample(model, noise.shape, S_LIN, order=order, timesteps=taus, noise=noise, clip=False,
+                            progress=False)
+        torch.testing.assert_close(ours, ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
+
+
+def test_unipc_calls_the_model_once_per_grid_index_and_its_corrector_changes_the_result():
+    oracle = GaussianOracle(S_LIN, MU, SD)
+    noise = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    x = unipc_sample(oracle, noise.shape, S_LIN, steps=10, order=2, noise=noise, clip=False, progress=False)
+    assert [c[0].item() for c in oracle.calls] == timestep_grid(S_LIN, 10, "logsnr")
+    y = dpm_solver_sample(oracle, noise.shape, S_LIN, steps=10, order=2, noise=noise, clip=False, progress=False)
+    assert (x - y).abs().max() > 1e-4            # UniP-2 is DPM-Solver++(2M): the difference is UniC's
