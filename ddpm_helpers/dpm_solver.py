@@ -16,6 +16,8 @@ update goes from index 0 to σ = 0 and lands on x̂_0. Warm-up and the end use l
 by default (``lower_order_final=True`` with ``final_sigmas_type="zero"``): step i uses order ≤ i + 1, the last
 step is first order (into σ = 0), and with fewer than 15 steps the penultimate step is at most second order.
 The tests check every step against diffusers' ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++")``.
+:func:`unipc_sample` (UniPC: a predictor as above plus a corrector that reuses the next model call) is checked
+against diffusers' ``UniPCMultistepScheduler`` the same way.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ from .diffusion import Model, _initial_noise, _params, _Recorder, eval_mode, pre
 from .schedule import NoiseSchedule, check_timesteps, timestep_grid
 
 ORDERS = (1, 2, 3)
-DEFAULT_SPACING = "logsnr"        # measured on the Gaussian oracle (tests/test_dpm_solver.py, README of 05)
+# the grid with the smallest std error on the Gaussian oracle over 5-50 calls for 2M and 3M (2M: 3.7e-3 at 10
+# calls vs 1.3e-2 uniform, 2.8e-3 at 20 vs 5.1e-2 uniform; measured as in tests/test_dpm_solver.py)
+DEFAULT_SPACING = "logsnr"
 
 
 class LogSNRPoint(NamedTuple):
