@@ -139,7 +139,8 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: str = "
              eta: float = 0.0, variance: str = "beta", batch_size: int = 64, seed: int = 0, device=None,
              image_size: Optional[int] = None, channels: Optional[int] = None, progress: bool = True,
              start: int = 0, spacing: Optional[str] = None) -> torch.Tensor:
-    """Draw n samples in batches with DDPM (all T steps; ``variance`` picks σ_t) or DDIM (``steps``, ``eta``).
+    """Draw n samples in batches with DDPM (all T steps; ``variance`` picks σ_t), DDIM (``steps``, ``eta``) or
+    DPM-Solver++ 2M/3M (``steps`` model calls); ``spacing``: the grid of DDIM and DPM-Solver++ (default_spacing).
 
     Sample i (i = start … start+n−1) starts from x_T seeded by (seed, i); DDIM with η = 0 is then independent
     of n and batching, while the stochastic samplers' step noise is seeded per batch (by its first index).
