@@ -132,3 +132,11 @@ def test_all_checks_take_a_few_seconds_per_notebook():
             ex.check(ex.solution(), seed=0)
             ex.check(None)
         assert time.process_time() - start < 5.0, nb               # the issue allows ~30 s of CI per notebook
+
+
+def test_exercises_import_only_the_foundation_the_core_and_the_oracle():
+    import ast
+    from pathlib import Path
+    tree = ast.parse(Path(E.__file__).read_text())
+    own = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+    assert own <= {"config", "schedule", "embeddings", "unet", "diffusion", "oracle"}, own
