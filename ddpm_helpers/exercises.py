@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UNetConfig
-from .diffusion import ddim_step, p_sample, q_sample
+from .diffusion import ddim_step, p_sample, q_posterior_mean, q_sample
 from .embeddings import sinusoidal_embedding
 from .oracle import GaussianOracle
 from .schedule import NoiseSchedule
@@ -733,6 +733,46 @@ register(Exercise(
              "no noise at the last step: at index 0 (the report's t = 1) x_{t−1} is the mean alone (z = 0)"),
      Mistake("(1 - alpha) / (1 - alpha_bar)", _p_sample_with(sqrt_coef=False),
              "the ε coefficient is β_t / √(1 − ᾱ_t) = (1 − α_t)/√(1 − ᾱ_t): you dropped the square root")),
+))
+
+
+def _posterior_with(prev=True, swap=False, sqrt_prev=True):
+    def answer(x0, xt, t, schedule):
+        i = int(t[0])
+        beta, alpha, ab = schedule.betas[i], schedule.alphas[i], schedule.alpha_bars[i]
+        ab_prev = schedule.alpha_bars_prev[i] if prev else ab
+        c1 = beta * (ab_prev.sqrt() if sqrt_prev else ab_prev) / (1 - ab)
+        c2 = alpha.sqrt() * (1 - ab_prev) / (1 - ab)
+        return c2 * x0 + c1 * xt if swap else c1 * x0 + c2 * xt
+    return answer
+
+
+def _check_posterior(answer, gen, ex):
+    s = random_schedule(gen)
+    cases = []
+    for index, what in ((None, "a random index"), (s.T - 1, "index T − 1"), (1, "index 1")):
+        x0 = _image(gen)
+        t = _same_t(gen, x0.shape[0], s.T, index)
+        cases.append((f"{what} (t = {int(t[0])}, T = {s.T})", call_with(x0, q_sample(x0, t, torch.randn_like(x0), s),
+                                                                        t, s)))
+    compare(answer, ex, cases, "μ̃ = β_t √ᾱ_{t−1} / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t "
+                               "(ᾱ_{t−1} = schedule.alpha_bars_prev[t]).")
+
+
+register(Exercise(
+    5, "posterior_mean",
+    "Write posterior_mean(x0, xt, t, schedule) -> μ̃_t(x_t, x_0), the mean of q(x_{t−1} | x_t, x_0) (Ho et al. "
+    "Eq. 7): β_t √ᾱ_{t−1}/(1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) · x_t. t: (B,), one index for the batch.",
+    _check_posterior,
+    lambda x0, xt, t, schedule: q_posterior_mean(x0, xt, t, schedule),
+    (Mistake("alpha_bar_t for alpha_bar_{t-1}", _posterior_with(prev=False),
+             "the posterior looks one step back: use ᾱ_{t−1} (schedule.alpha_bars_prev[t], 1 at index 0) where you "
+             "used ᾱ_t, in both coefficients' (1 − ᾱ_{t−1}) and √ᾱ_{t−1}"),
+     Mistake("coefficients swapped", _posterior_with(swap=True),
+             "the coefficients are swapped: β_t √ᾱ_{t−1}/(1 − ᾱ_t) multiplies x_0, √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) "
+             "multiplies x_t"),
+     Mistake("alpha_bar_{t-1} without its square root", _posterior_with(sqrt_prev=False),
+             "x_0's coefficient has √ᾱ_{t−1}, the square root (x_{t−1} = √ᾱ_{t−1} x_0 + noise)")),
 ))
 
 
