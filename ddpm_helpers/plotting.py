@@ -18,6 +18,7 @@ import torch
 import torchvision
 
 from ._types import PathLike
+from .diffusion import eval_mode, predict_eps, q_sample
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -477,3 +478,48 @@ def plot_trajectories(trajectories: dict, index: int = 0, steps: Optional[Sequen
         rows[f"{label}\n$\\hat x_0$"] = x0
     titles = [f"t = {s + 1}" for s in steps] + (["$x_0$ (final)"] if finals is not None else [])
     return plot_image_rows(rows, titles, scale=scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss by timestep (notebook 04): where along the chain a trained model still errs
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def loss_by_timestep(model, schedule, x0: torch.Tensor, bins: int = 20, seed: int = 0, batch: int = 100) -> tuple:
+    """Mean L_simple per band of timesteps on fixed images and fixed noise (Ho et al. 2020, Eq. 14, per t).
+
+    L(t) = E_{x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖² / (C·H·W). The T steps are cut into ``bins`` equal
+    bands; in each band every image gets one t drawn uniformly from the band and one ε, both from a generator
+    seeded by (seed, band), so the curve is reproducible and every band sees every image. x0: (N, C, H, W) in
+    [−1, 1]. Returns (band centres as the report's 1-based t, mean loss per band), two lists of floats.
+    """
+    edges = torch.linspace(0, schedule.T, bins + 1).round().long()
+    centres, losses = [], []
+    with eval_mode(model):
+        for b in range(bins):
+            g = torch.Generator().manual_seed(seed * 100_003 + b)
+            lo, hi = int(edges[b]), int(edges[b + 1])
+            t = torch.randint(lo, hi, (x0.shape[0],), generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            total = 0.0
+            for i in range(0, x0.shape[0], batch):
+                sl = slice(i, i + batch)
+                eps = predict_eps(model, q_sample(x0[sl], t[sl], noise[sl], schedule), t[sl])
+                total += float(((noise[sl] - eps) ** 2).flatten(1).mean(1).sum())
+            centres.append((lo + hi - 1) / 2 + 1)                              # report's t = index + 1
+            losses.append(total / x0.shape[0])
+    return centres, losses
+
+
+@print_styled
+def plot_loss_by_timestep(t: Sequence[float], loss: Sequence[float], title: str = "Loss by timestep",
+                          width: float = COLUMN_WIDTH):
+    """Mean L_simple per timestep band (loss_by_timestep) against the report's t, log scale. Returns the figure."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(width, 0.7 * width))
+    ax.plot(t, loss, "o-", ms=2.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("t (the report's, 1 … T)")
+    ax.set_ylabel(r"mean $\|\epsilon - \epsilon_\theta(x_t, t)\|^2$ per pixel")
+    ax.set_title(_wrap(title, width))
+    fig.tight_layout()
+    return fig
