@@ -116,7 +116,8 @@ def _cost_figure(res: dict):
         xs = [s for s in sizes if str(s) in rates]
         hours = [EPOCHS * CELEBA_TRAIN / rates[str(s)] / 3600 for s in xs]
         ax_h.plot(xs, hours, "o-", ms=3, label=name)
-    ax_h.plot([128], [REPORT_HOURS_128], "*", ms=7, color="C3", label=f"the report: ≈ {REPORT_HOURS_128:.0f} h (Kaggle)")
+    ax_h.plot([128], [REPORT_HOURS_128], "*", ms=7, color="C3",
+              label=f"the report: ≈ {REPORT_HOURS_128:.0f} h (Kaggle)")
     ax_h.set_xscale("log", base=2)
     ax_h.set_yscale("log")
     ax_h.set_xticks(sizes, [str(s) for s in sizes])
@@ -213,7 +214,7 @@ def main(argv=None) -> None:
     sub.add_parser("gpu").set_defaults(run=draw_gpu)
     c = sub.add_parser("cost")
     c.add_argument("--cpu-batch", type=int, default=0,
-                   help="also time CPU training steps at this batch (0: no; on a shared 2-core CPU the times are noise)")
+                   help="also time CPU training steps at this batch (0: no; on a shared CPU the times are noise)")
     c.set_defaults(run=draw_cost)
     lt = sub.add_parser("loss-by-t")
     lt.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder (its newest checkpoint)")

@@ -92,7 +92,8 @@ def draw_unet(cfg: UNetConfig, image_size: int = 64, title: str | None = None, w
                "MaxPool 2×2", text_offset=(0.08, 0), ha="left")
     dec = [blocks[depth]] + [b for b in blocks if b.side == "dec"]
     for a, b in zip(dec, dec[1:]):
-        start = (pos[a.name][0] + (bm / 2 if a.side == "mid" else 0), pos[a.name][1] + (0 if a.side == "mid" else bh / 2))
+        x, y = pos[a.name]
+        start = (x + bm / 2, y) if a.side == "mid" else (x, y + bh / 2)
         _arrow(ax, start, (pos[b.name][0], pos[b.name][1] - bh / 2), "up-conv 2×2\n(halves channels)",
                text_offset=(-0.08, 0.1 if a.side == "mid" else 0), ha="right")
     for b in blocks:

@@ -227,7 +227,10 @@ def plot_image_rows(rows: dict, col_titles: Sequence[str], scale: float = 1.3, t
     fig.exact_dpi = dpi
     ax = fig.add_axes((left / fw, 4 / fh, mw / fw, mh / fh))
     ax.imshow(mosaic, interpolation="nearest", aspect="auto", resample=False)
-    centre = lambda i, size: z * (pad + i * (size + pad) + size / 2) - 0.5
+
+    def centre(i, size):                                   # pixel centre of tile i along an axis of tiles `size`
+        return z * (pad + i * (size + pad) + size / 2) - 0.5
+
     ax.xaxis.tick_top()
     ax.set_xticks([centre(j, w) for j in range(k)])
     ax.set_xticklabels(col_titles[:k])
@@ -329,7 +332,8 @@ def plot_similarity_matrices(matrices: dict, ts: torch.Tensor):
     fig, axes = plt.subplots(1, len(matrices), figsize=(COLUMN_WIDTH * len(matrices), 3.0), squeeze=False)
     extent = [float(ts[0]), float(ts[-1]), float(ts[-1]), float(ts[0])]
     for ax, (title, m) in zip(axes[0], matrices.items()):
-        im = ax.imshow(m.detach().cpu().numpy(), cmap="viridis", vmin=-1, vmax=1, extent=extent, interpolation="nearest")
+        im = ax.imshow(m.detach().cpu().numpy(), cmap="viridis", vmin=-1, vmax=1, extent=extent,
+                       interpolation="nearest")
         ax.set_title(title)
         ax.set_xlabel("t")
         ax.set_ylabel("s")

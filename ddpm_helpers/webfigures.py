@@ -8,13 +8,14 @@ with the bytes of ``figures/web/NAME``, the screen copy of ``figures/NAME``. Att
 Jupyter after a clone and on Colab or Kaggle when the notebook is opened alone (a relative link breaks there).
 The print files are too heavy to embed, so a screen copy is made from each: a PNG is reduced by a whole factor
 (box average over f × f blocks, so an image grid enlarged by whole pixels stays sharp) until its long side is at
-most WEB_MAX_SIDE, then stored as a 256-colour PNG when that is smaller; a GIF keeps every other frame (and the
-last one, with its duration). Everything is deterministic: a second run rewrites the same bytes.
+most WEB_MAX_SIDE, then stored as a 256-colour PNG when that is smaller; a GIF keeps every GIF_FRAME_STEP-th
+frame (and the last one, with its duration). Everything is deterministic: a second run rewrites the same bytes.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import io
 import json
 import math
@@ -27,6 +28,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 WEB_MAX_SIDE = 800                      # pixels, long side of a screen copy
 NOTEBOOK_MAX_BYTES = 2_000_000          # a notebook with its attachments stays below this
+GIF_FRAME_STEP = 3                      # a GIF's screen copy keeps every third frame (and the last)
 ATTACHMENT = re.compile(r"!\[[^\]]*\]\(attachment:([^)\s]+)\)")
 MIME = {".png": "image/png", ".gif": "image/gif"}
 
@@ -60,14 +62,14 @@ def web_png(data: bytes, max_side: int = WEB_MAX_SIDE) -> bytes:
 
 
 def web_gif(data: bytes, max_side: int = WEB_MAX_SIDE) -> bytes:
-    """A GIF's bytes → its screen copy: every other frame and the last one (durations summed over dropped
-    frames, so it plays as long), reduced by a whole factor if wider than max_side."""
+    """A GIF's bytes → its screen copy: every GIF_FRAME_STEP-th frame and the last one (durations summed over
+    dropped frames, so it plays as long), reduced by a whole factor if wider than max_side."""
     gif = Image.open(io.BytesIO(data))
     frames, durations = [], []
     for i in range(gif.n_frames):
         gif.seek(i)
         duration = gif.info.get("duration", 100)
-        if i % 2 == 0 or i == gif.n_frames - 1:
+        if i % GIF_FRAME_STEP == 0 or i == gif.n_frames - 1:
             frames.append(gif.convert("RGB"))
             durations.append(duration)
         else:
@@ -85,6 +87,17 @@ def web_copy(source: Path, max_side: int = WEB_MAX_SIDE) -> bytes:
     """The bytes of the screen copy of one print file (PNG or GIF)."""
     data = source.read_bytes()
     return web_gif(data, max_side) if source.suffix.lower() == ".gif" else web_png(data, max_side)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest_text(entries: dict) -> str:
+    """figures/web/SOURCES.json: for each web copy, the sha256 of the print file it was made from and of the copy,
+    so that a test sees a stale copy (its print file redrawn since) without remaking every copy."""
+    return json.dumps({"made_by": "python -m ddpm_helpers.webfigures", "max_side": WEB_MAX_SIDE, "files": entries},
+                      indent=1, sort_keys=True) + "\n"
 
 
 def notebooks(root: Path = ROOT) -> list:
@@ -151,12 +164,19 @@ def update(root: Path = ROOT, check: bool = False) -> list:
         raise FileNotFoundError(f"notebooks link figures that are not in figures/: {', '.join(missing)}")
     if not check:
         web.mkdir(parents=True, exist_ok=True)
+    entries = {}
     for name in names:
         data, target = web_copy(figures / name), web / name
+        entries[name] = {"source_sha256": sha256(figures / name), "web_sha256": hashlib.sha256(data).hexdigest()}
         if not target.is_file() or target.read_bytes() != data:
             changed.append(target)
             if not check:
                 target.write_bytes(data)
+    manifest, text = web / "SOURCES.json", manifest_text(entries)
+    if not manifest.is_file() or manifest.read_text(encoding="utf-8") != text:
+        changed.append(manifest)
+        if not check:
+            manifest.write_text(text, encoding="utf-8")
     for path, nb in books.items():
         before = path.read_text(encoding="utf-8")
         if check and any(not (web / n).is_file() for n in attachment_names(nb)):
