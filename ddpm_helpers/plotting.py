@@ -262,6 +262,8 @@ def plot_schedules(schedules: Sequence):
         ax_a.plot(_report_steps(s), s.alpha_bars, label=s.name)
     ax_b.set_yscale("log")
     ax_b.set_title(r"noise added per step $\beta_t$")
+    ax_b.set_ylabel(r"$\beta_t$")
+    ax_a.set_ylabel(r"$\bar\alpha_t$")
     ax_a.set_title(r"signal kept $\bar\alpha_t = \prod_{s=1}^{t} (1 - \beta_s)$")
     for ax in (ax_b, ax_a):
         ax.set_xlabel("t")
@@ -304,6 +306,7 @@ def plot_forward_moments(steps: Sequence[int], mean_coef: Sequence[float], varia
     ax.plot(t_report, variance, "s", ms=3, color="C1", label=r"chain: $\mathrm{Var}[x_t]$")
     ax.set_xlabel("t")
     ax.set_title("iterated chain vs closed form")
+    ax.set_ylabel(r"mean coefficient, variance of $x_t$")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -401,6 +404,8 @@ def _stage_color(stage: str) -> str:
 _METRIC_LABELS = {"loss": r"$L_{simple}$ (logged mean)", "lr": "learning rate",
                   "grad_norm": r"gradient norm $\|\nabla_\theta L\|$ (before clipping)",
                   "images_per_s": "images / s"}
+_METRIC_YLABELS = {"loss": r"$L_{simple}$", "lr": "learning rate", "grad_norm": "gradient norm",
+                   "images_per_s": "images / s"}
 
 
 @print_styled
@@ -429,6 +434,7 @@ def plot_training_metrics(csv_path: PathLike, columns: Sequence[str] = ("loss", 
         for i, step in enumerate(resumed_at):
             ax.axvline(step, color="0.3", ls="--", lw=0.9, label="resumed" if i == 0 else None)
         ax.set_xlabel("optimizer step")
+        ax.set_ylabel(_METRIC_YLABELS.get(col, col))
         ax.set_title(_METRIC_LABELS.get(col, col))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
