@@ -35,6 +35,7 @@ FIGURES = ROOT / "figures"
 SWD_CSV = ROOT / "benchmarks" / "swd_by_step.csv"
 # benchmarks/RESULTS.md (2026-11-27 H200 session, bf16 + channels_last; T4x2: the provisional estimate from it)
 GPU_IMG_PER_S = {"H200 (measured, bf16)": {64: 5985, 128: 1208}, "Kaggle T4×2 (estimate)": {64: 537, 128: 116}}
+RUN_DATE = time.strptime("2026-11-27", "%Y-%m-%d")   # the H200 session of the gpu_celeba64 figures
 REPORT_HOURS_128 = 42.0          # the report: 100 epochs at 128 px on Kaggle
 CELEBA_TRAIN = 162_770           # images in CelebA's train split
 EPOCHS = 100
@@ -201,6 +202,11 @@ def draw_gpu(args) -> None:
     from the run's metrics CSV in the print style (centred smoothing, wrapped title)."""
     for name in ("samples", "ddpm_vs_ddim", "trajectory", "training_step_00000500", "training_step_00001500"):
         print(name, "×", enlarge_grid(FIGURES / f"gpu_celeba64_{name}.png"))
+    from PIL import Image
+    for name in ("ddpm_vs_ddim", "trajectory"):           # tables with labels: a PDF of the raster (no model to redraw)
+        Image.open(FIGURES / f"gpu_celeba64_{name}.png").convert("RGB").save(
+            FIGURES / f"gpu_celeba64_{name}.pdf", resolution=plotting.PRINT_DPI,
+            creationDate=RUN_DATE, modDate=RUN_DATE)                      # fixed dates: a rerun writes the same bytes
     fig = plotting.plot_loss_curve(ROOT / "benchmarks" / "gpu_h200_2026-11-27" / "gpu_celeba64_metrics.csv",
                                    title="celeba64 preset on one H200, 150 s (3,431 steps, batch 128, bf16)")
     print(plotting.save_figure(fig, FIGURES / "gpu_celeba64_loss_curve"))

@@ -141,3 +141,25 @@ def test_loss_by_timestep_of_a_zero_predictor_is_the_mean_square_of_the_fixed_no
         torch.randint(250 * b, 250 * (b + 1), (5,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         assert loss == pytest.approx(float((noise ** 2).mean()), rel=1e-6)
+
+
+# readme_cpu_* are the README's figures, remade with the README (another issue); every other committed PNG is checked.
+PRINTED = sorted(p for p in (webfigures.ROOT / "figures").glob("*.png") if not p.name.startswith("readme_cpu_"))
+
+
+@pytest.mark.parametrize("path", PRINTED, ids=[p.stem for p in PRINTED])
+def test_committed_figure_meets_the_print_rule(path):
+    image = Image.open(path)
+    assert max(image.size) >= 900, f"{path.name}: {image.size} px, under 900 on the long side"
+    assert round(image.info.get("dpi", (0,))[0]) >= plotting.PRINT_DPI, f"{path.name} is not tagged 300 dpi"
+    is_grid = path.stem.endswith(("_samples", "training_step_00000500", "training_step_00001500"))
+    assert is_grid or path.with_suffix(".pdf").is_file(), f"{path.name} has no PDF"
+
+
+def test_captions_and_the_figure_index_carry_no_machine_paths():
+    folder = webfigures.ROOT / "figures"
+    for path in [folder / "README.md", *folder.glob("*_captions.md"), *folder.glob("*.json"),
+                 folder / "web" / "SOURCES.json"]:
+        text = path.read_text(encoding="utf-8")
+        for marker in ("/work/", "/home/", "/tmp/", "/root/", "/Users/", "C:\\"):
+            assert marker not in text, f"{path.name} names a machine path ({marker})"
