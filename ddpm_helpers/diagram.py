@@ -95,7 +95,7 @@ def draw_unet(cfg: UNetConfig, image_size: int = 64, title: str | None = None, w
         x, y = pos[a.name]
         start = (x + bm / 2, y) if a.side == "mid" else (x, y + bh / 2)
         _arrow(ax, start, (pos[b.name][0], pos[b.name][1] - bh / 2), "up-conv 2×2\n(halves channels)",
-               text_offset=(-0.08, 0.1 if a.side == "mid" else 0), ha="right")
+               text_offset=(0.12, -0.14) if a.side == "mid" else (-0.08, 0), ha="left" if a.side == "mid" else "right")
     for b in blocks:
         if b.side == "enc":
             up = next(u for u in blocks if u.side == "dec" and u.level == b.level)
