@@ -88,6 +88,25 @@ def eta_value(text: str) -> float:
     return value
 
 
+def loss_weight(text: str):
+    """'none' (L_simple's uniform weight) or 'min-snr-G' (Min-SNR-γ with γ = G > 0, e.g. min-snr-5) → 'none' or G."""
+    if text == "none":
+        return "none"
+    match = re.fullmatch(r"min-snr-(.+)", text)
+    gamma = _number(match.group(1), float, "a number") if match else None
+    if gamma is None or not (math.isfinite(gamma) and gamma > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: use none or min-snr-G with a number G > 0, e.g. min-snr-5")
+    return gamma
+
+
+def perturbation(text: str) -> float:
+    """A number in [0, 1] (input perturbation δ)."""
+    value = _number(text, float, "a number")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1], e.g. 0.1 (0: off)")
+    return value
+
+
 def parse_duration(text: Any) -> Optional[float]:
     """'11h30m', '90m', '45s', '1.5h' or a number of seconds → seconds (None and '' stay None)."""
     if text is None or text == "":
@@ -183,6 +202,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=non_negative_int, help="steps between checkpoints (0: only at the end)")
     p.add_argument("--log-every", type=positive_int)
     p.add_argument("--ema-decay", type=probability)
+    p.add_argument("--loss-weight", type=loss_weight, metavar="{none,min-snr-G}",
+                   help="per-step loss weight: none (L_simple) or min-snr-G, min(SNR, G)/SNR (e.g. min-snr-5)")
+    p.add_argument("--input-perturbation", type=perturbation, metavar="DELTA",
+                   help="build x_t from eps + DELTA*xi (target eps), e.g. 0.1; 0: off")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -220,6 +243,10 @@ def build_train_config(args: argparse.Namespace):
     data = {field: getattr(args, flag) for flag, field in DATA_FIELDS.items() if getattr(args, flag) is not None}
     if args.compile:
         top["compile"] = True
+    if getattr(args, "loss_weight", None) is not None:
+        top["min_snr_gamma"] = None if args.loss_weight == "none" else args.loss_weight
+    if getattr(args, "input_perturbation", None) is not None:
+        top["input_perturbation"] = args.input_perturbation
     if args.channels_last is not None:
         top["channels_last"] = args.channels_last == "on"
     if args.unet is not None:
