@@ -325,8 +325,8 @@ class _Progress:
                 if finished:
                     done += self._sampling(ab, v, T)
                 total += units
-        self.bar = tqdm(total=total, initial=done, unit="unit", bar_format=BAR_FORMAT, desc="ablate", disable=not enabled,
-                        dynamic_ncols=True, smoothing=0.05)
+        self.bar = tqdm(total=total, initial=done, unit="unit", bar_format=BAR_FORMAT, desc="ablate",
+                        disable=not enabled, dynamic_ncols=True, smoothing=0.05)
 
     def _sampling(self, ab: Ablation, v: Variant, T: int) -> float:
         sampler = v.sampler or ab.sampler
