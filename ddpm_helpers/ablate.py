@@ -217,7 +217,8 @@ class Ablation:
     def train_config(self, v: Variant, seed: int, run_dir: Path) -> TrainConfig:
         """base with the variant's change, the seed, the run folder and the budget (no time limit: same images)."""
         cfg = dataclasses.replace(self.base, seed=seed, out_dir=str(run_dir), max_steps=self.max_steps, epochs=None,
-                                  time_budget=None, sample_every=0, keep_checkpoints=2,
+                                  time_budget=None, sample_every=0, sample_n=16, sample_steps=20,
+                                  keep_checkpoints=2,
                                   checkpoint_every=self.checkpoint_every or max(1, min(250, self.max_steps // 4)),
                                   log_every=max(1, min(25, self.max_steps)))
         return v.config(cfg)
@@ -454,6 +455,8 @@ def run_ablation(ab: Ablation, images: Optional[np.ndarray] = None, progress: bo
                 scores.setdefault(v.name, {})[seed] = rec
                 results = collect(protocol, floor_rec, plan, scores)
                 _write_json(results, out / "results.json")
+                if publish is not None:            # after every finished run: a session that ends mid-run loses nothing
+                    _write_json(results, Path(publish) / PUBLISHED_JSON)
     finally:
         bar.bar.close()
     plot_results(results, out / PLOT_STEM)

@@ -95,10 +95,12 @@ def test_killed_ablation_resumes_exactly_and_reuses_finished_runs(finished, tmp_
     stamp = ck.stat().st_mtime_ns
     lines = []
     both = ablate.run_ablation(_ablation(tmp_path, variants=("base", "ddim-10"), seeds=1, curve=()),
-                               images=_images(), progress=False, log=lines.append)
+                               images=_images(), progress=False, log=lines.append, publish=tmp_path / "pub")
     assert any("reusing finished run base seed 0" in m for m in lines) and ck.stat().st_mtime_ns == stamp
     sample = both["variants"][1]
     assert sample["name"] == "ddim-10" and sample["kind"] == "sample" and sample["images_seen"] == STEPS * 8
+    published = json.loads((tmp_path / "pub" / ablate.PUBLISHED_JSON).read_text())     # --publish's copy
+    assert published == json.loads(json.dumps(both)) and (tmp_path / "pub" / "ablations.pdf").is_file()
 
 
 def test_a_sampling_variant_alone_runs_base_first_and_another_protocol_is_refused(finished, tmp_path):
