@@ -224,17 +224,20 @@ class Ablation:
         return v.config(cfg)
 
     def protocol(self, data: str, train_count: int, heldout_count: int) -> Dict[str, Any]:
-        """The facts every run of this ablation shares (protocol.json, results.json's ``protocol``)."""
+        """The facts every run of this ablation shares (protocol.json, results.json's ``protocol``), as JSON reads
+        them back (tuples become lists), so that a rerun compares equal."""
         b = self.base
-        return {"data": data, "split": f"first {train_count:,} images train; {heldout_count:,} images after them "
-                "held out (never trained on)", "train_images": train_count, "heldout_images": heldout_count,
-                "image_size": b.data.image_size, "channels": b.data.channels, "batch_size": b.batch_size,
-                "budget_steps": self.max_steps, "budget_images": self.images_seen, "sampler": self.sampler.label(),
-                "sampler_settings": dataclasses.asdict(self.sampler), "n": self.n, "sample_seed": self.sample_seed,
-                "metric": "SWD×1e3 (Karras et al. 2018, swd.py) of n samples against n held-out real images; "
-                          "lower is better; floor: n training images against the same held-out images",
-                "base_recipe": {"unet": dataclasses.asdict(b.model), "diffusion": dataclasses.asdict(b.diffusion),
-                                "lr": b.lr, "warmup_steps": b.warmup_steps, "ema_decay": b.ema_decay}}
+        split = f"first {train_count:,} images train; {heldout_count:,} images after them held out (never trained on)"
+        recipe = {"unet": dataclasses.asdict(b.model), "diffusion": dataclasses.asdict(b.diffusion), "lr": b.lr,
+                  "warmup_steps": b.warmup_steps, "ema_decay": b.ema_decay}
+        facts = {"data": data, "split": split, "train_images": train_count, "heldout_images": heldout_count,
+                 "image_size": b.data.image_size, "channels": b.data.channels, "batch_size": b.batch_size,
+                 "budget_steps": self.max_steps, "budget_images": self.images_seen, "sampler": self.sampler.label(),
+                 "sampler_settings": dataclasses.asdict(self.sampler), "n": self.n, "sample_seed": self.sample_seed,
+                 "metric": "SWD×1e3 (Karras et al. 2018, swd.py) of n samples against n held-out real images; "
+                           "lower is better; floor: n training images against the same held-out images",
+                 "base_recipe": recipe}
+        return json.loads(json.dumps(facts))
 
 
 # ---------------------------------------------------------------------------------------------

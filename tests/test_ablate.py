@@ -111,6 +111,9 @@ def test_a_sampling_variant_alone_runs_base_first_and_another_protocol_is_refuse
                               progress=False, log=lines.append)
     assert [v["name"] for v in res["variants"]] == ["base", "ddim-10"]
     assert sum("reusing finished run base" in m for m in lines) == 2
+    recipe = ablate.Ablation(base=TRAIN_PRESETS["cpu-celeba"]).protocol("d", 10, 10)   # tuples (channel_mults) inside
+    ablate._check_protocol(tmp_path / "b", recipe)
+    ablate._check_protocol(tmp_path / "b", recipe)                 # a rerun reads back the protocol it wrote
     other = dataclasses.replace(_ablation(tmp_path / "a"), max_steps=STEPS + 1)
     with pytest.raises(ConfigError, match="another protocol.*budget"):
         ablate.run_ablation(other, images=_images(), progress=False, log=lambda m: None)
