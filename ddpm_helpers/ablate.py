@@ -535,32 +535,34 @@ def table(results: Dict[str, Any]) -> str:
 # The plot
 # ---------------------------------------------------------------------------------------------
 def plot_results(results: Optional[Dict[str, Any]], stem: Path) -> List[Path]:
-    """Left: SWD per variant (each seed a dot, the mean a bar), the floor and base's mean as lines. Right: SWD
+    """Left: SWD per variant (each seed a dot, the mean a bar |), the floor and base's mean as lines. Right: SWD
     against images seen for the curve variants (mean over seeds, band from min to max). PNG and PDF, print style."""
     import matplotlib.pyplot as plt    # matplotlib only when a plot is drawn (plotting.py does the same)
 
     if not results or not results["variants"]:
         return []
     rows = compare(results)
-    curves = [v for v in results["variants"] if v.get("curve")]
+    curves = [v for v in results["variants"] if any(len(c) > 1 for c in v.get("curve", {}).values())]
     with print_style():
-        fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(PAGE_WIDTH, 0.22 * len(rows) + 1.2), squeeze=False,
+        fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(PAGE_WIDTH, 0.2 * len(rows) + 1.3), squeeze=False,
                                  gridspec_kw={"width_ratios": [1.4, 1] if curves else [1]})
         ax = axes[0, 0]
         names = [r["name"] for r in rows][::-1]
         for i, name in enumerate(names):
             v = next(x for x in results["variants"] if x["name"] == name)
             color = "C0" if v["kind"] == "train" else "C2"
-            ax.barh(i, np.mean(v["swd"]), color=color, alpha=0.35, height=0.6)
-            ax.plot(v["swd"], [i] * len(v["swd"]), "o", color=color, markersize=2.5)
+            ax.plot([np.mean(v["swd"])], [i], "|", color=color, markersize=9, markeredgewidth=1.5)
+            ax.plot(v["swd"], [i] * len(v["swd"]), "o", color=color, markersize=2.5, alpha=0.7)
         ax.axvline(results["floor"]["swd"], color="k", linestyle="--", label="real vs real (floor)")
         base = next((r for r in rows if r["name"] == "base"), None)
         if base is not None:
             ax.axvline(base["mean"], color="C3", linestyle=":", label="base (mean)")
         ax.set_yticks(range(len(names)), names)
         ax.set_xlabel("SWD×10³ vs held-out faces (lower is better)")
-        ax.set_title(f"{results['protocol']['budget_images']:,} images seen; blue: training, green: sampling")
-        ax.legend(loc="lower right")
+        ax.set_title(f"{results['protocol']['budget_images']:,} images seen; | mean, • seeds (green: sampler)")
+        ax.set_xlim(0, 1.05 * max(max(v["swd"]) for v in results["variants"]))
+        ax.set_ylim(-0.7, len(names) - 0.3)
+        ax.legend(loc="best")
         if curves:
             ax2 = axes[0, 1]
             for k, v in enumerate(curves):
@@ -572,7 +574,7 @@ def plot_results(results: Optional[Dict[str, Any]], stem: Path) -> List[Path]:
             ax2.axhline(results["floor"]["swd"], color="k", linestyle="--")
             ax2.set_xlabel("images seen")
             ax2.set_ylabel("SWD×10³")
-            ax2.set_title("learning speed (mean, min–max over seeds)")
+            ax2.set_title("learning speed (mean, min–max)")
             ax2.legend()
         fig.tight_layout()
         return save_figure(fig, stem, formats=("png", "pdf"), dpi=PRINT_DPI)
