@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,figures,prepare,kaggle} ...`` (or ``ddpm ...``).
+"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,figures,prepare,kaggle,ablate} ...`` (or ``ddpm ...``).
 
 The one place where flags are declared. Each subcommand is two functions here — ``add_<name>_arguments(parser)``
 declaring its flags, each checked when parsed by a ``type=`` function below, and a thin ``run_<name>(args)``
@@ -85,6 +85,25 @@ def eta_value(text: str) -> float:
     value = _number(text, float, "a number")
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1] (0: deterministic DDIM, 1: as noisy as DDPM)")
+    return value
+
+
+def loss_weight(text: str):
+    """'none' (L_simple's uniform weight) or 'min-snr-G' (Min-SNR-γ with γ = G > 0, e.g. min-snr-5) → 'none' or G."""
+    if text == "none":
+        return "none"
+    match = re.fullmatch(r"min-snr-(.+)", text)
+    gamma = _number(match.group(1), float, "a number") if match else None
+    if gamma is None or not (math.isfinite(gamma) and gamma > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: use none or min-snr-G with a number G > 0, e.g. min-snr-5")
+    return gamma
+
+
+def perturbation(text: str) -> float:
+    """A number in [0, 1] (input perturbation δ)."""
+    value = _number(text, float, "a number")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1], e.g. 0.1 (0: off)")
     return value
 
 
@@ -183,6 +202,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=non_negative_int, help="steps between checkpoints (0: only at the end)")
     p.add_argument("--log-every", type=positive_int)
     p.add_argument("--ema-decay", type=probability)
+    p.add_argument("--loss-weight", type=loss_weight, metavar="{none,min-snr-G}",
+                   help="per-step loss weight: none (L_simple) or min-snr-G, min(SNR, G)/SNR (e.g. min-snr-5)")
+    p.add_argument("--input-perturbation", type=perturbation, metavar="DELTA",
+                   help="build x_t from eps + DELTA*xi (target eps), e.g. 0.1; 0: off")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -220,6 +243,10 @@ def build_train_config(args: argparse.Namespace):
     data = {field: getattr(args, flag) for flag, field in DATA_FIELDS.items() if getattr(args, flag) is not None}
     if args.compile:
         top["compile"] = True
+    if getattr(args, "loss_weight", None) is not None:
+        top["min_snr_gamma"] = None if args.loss_weight == "none" else args.loss_weight
+    if getattr(args, "input_perturbation", None) is not None:
+        top["input_perturbation"] = args.input_perturbation
     if args.channels_last is not None:
         top["channels_last"] = args.channels_last == "on"
     if args.unet is not None:
@@ -505,6 +532,54 @@ def run_figures(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# ablate
+# ---------------------------------------------------------------------------------------------
+def add_ablate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--list", action="store_true", help="print every variant with what it changes, and exit")
+    p.add_argument("--variants", help="comma-separated variant names (default: all; see --list)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="training seeds 0 … K−1 per variant (default 3)")
+    p.add_argument("--preset", default="cpu-celeba", choices=sorted(TRAIN_PRESETS), help="the base recipe")
+    p.add_argument("--data", help="CelebA folder (else $CELEBA_DIR, /kaggle/input, ./data are searched)")
+    p.add_argument("--train-images", type=positive_int, default=2500,
+                   help="train on the first N images of the split; the images after them are held out (default 2500)")
+    p.add_argument("--image-size", type=positive_int, help="pixels (default: the preset's)")
+    p.add_argument("--cache-dir", help="where the preprocessed uint8 caches go")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-steps", type=positive_int, help="optimizer steps per training run (default 1500)")
+    budget.add_argument("--images", type=positive_int, help="images seen per training run (steps = images // batch)")
+    p.add_argument("--n", type=positive_int, default=256, help="samples per run = held-out images scored (default 256)")
+    p.add_argument("--curve", default="base,min-snr-5,input-perturbation-0.1",
+                   help="variants also scored at 1/4, 1/2, 3/4 of the budget (SWD against images seen); '' for none")
+    p.add_argument("--out", default="runs/ablate", help="ablation folder (default runs/ablate, ignored by git)")
+    p.add_argument("--publish", action="store_true",
+                   help="also write figures/ablations.json and the plot into the repository (the committed copy)")
+    p.add_argument("--device", type=device_name, help="cuda, cuda:1, mps or cpu (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from . import ablate
+    if args.list:
+        print(ablate.list_variants())
+        return 0
+    cfg = TRAIN_PRESETS[args.preset]
+    data = {"root": args.data, "max_images": args.train_images, "cache_dir": args.cache_dir,
+            "image_size": args.image_size or cfg.data.image_size}
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{k: v for k, v in data.items() if v}))
+    steps = (ablate.steps_for_images(args.images, cfg.batch_size) if args.images is not None
+             else args.max_steps or 1500)
+    curve = tuple(ablate.parse_variants(args.curve)) if args.curve.strip() else ()
+    ab = ablate.Ablation(base=cfg, variants=ablate.parse_variants(args.variants), seeds=args.seeds, max_steps=steps,
+                         n=args.n, curve=curve, out=args.out, device=args.device)
+    results = ablate.run_ablation(ab, progress=not args.no_progress, publish=ablate.REPO_FIGURES if args.publish
+                                  else None)
+    print(ablate.table(results))
+    print(f"[ablate] results in {Path(args.out) / 'results.json'}, plot {Path(args.out) / 'ablations.png'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # The parser and the error boundary
 # ---------------------------------------------------------------------------------------------
 COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callable[[argparse.Namespace], int]]] = [
@@ -514,6 +589,7 @@ COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callabl
     ("figures", "every model-dependent figure of the series from one checkpoint", add_figures_arguments, run_figures),
     ("prepare", "build the preprocessed CelebA cache", add_prepare_arguments, run_prepare),
     ("kaggle", "write/push the Kaggle kernels and the package dataset", add_kaggle_arguments, run_kaggle),
+    ("ablate", "same-budget ablations of the recipe, scored by SWD over seeds", add_ablate_arguments, run_ablate),
 ]
 DEBUG_HELP = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
 

@@ -51,18 +51,50 @@ def sample_timesteps(batch: int, T: int, device=None, generator: Optional[torch.
     return torch.randint(0, T, (batch,), device=device, generator=generator)
 
 
+def min_snr_weight(t: torch.Tensor, schedule: NoiseSchedule, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weight for ε-prediction (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR").
+
+    w_t = min(SNR_t, γ) / SNR_t,  SNR_t = ᾱ_t / (1 − ᾱ_t): 1 at the noisy steps (SNR_t ≤ γ), γ/SNR_t < 1 at the
+    nearly clean ones, whose easy, conflicting gradients it damps. t: (B,) int64 → (B,) float32.
+    """
+    snr = (schedule.sqrt_alpha_bars[t] / schedule.sqrt_one_minus_alpha_bars[t]) ** 2   # both kept exact from float64
+    return snr.clamp(max=gamma) / snr
+
+
+def perturbed_noise(noise: torch.Tensor, xi: torch.Tensor, delta: float) -> torch.Tensor:
+    """The noise that builds x_t under input perturbation (Ning et al. 2023, "DDPM-IP"): ε' = ε + δ · ξ, ξ ~ N(0, I).
+
+    x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · (ε + δ · ξ), while the target stays ε: training sees inputs a little off the
+    forward process, as sampling does after its own errors (exposure bias). noise, xi: (B, C, H, W).
+    """
+    return noise + delta * xi
+
+
 def training_loss(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, t: Optional[torch.Tensor] = None,
-                  noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                  noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None, *,
+                  min_snr_gamma: Optional[float] = None, input_perturbation: float = 0.0,
+                  xi: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The simplified objective L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖² (Ho et al. Eq. 14).
 
-    Averaged over batch and pixels (a scalar). x0: (B, C, H, W) in [−1, 1].
+    Averaged over batch and pixels (a scalar). x0: (B, C, H, W) in [−1, 1]. Two optional levers (off by default,
+    and then not a single extra random number is drawn):
+    min_snr_gamma γ: each sample's mean squared error weighted by min_snr_weight, L = mean_b w_{t_b} · ‖·‖²_b;
+    input_perturbation δ > 0: x_t built from perturbed_noise(ε, ξ, δ), target ε; ξ drawn after ε unless given.
     """
     if t is None:
         t = sample_timesteps(x0.shape[0], schedule.T, x0.device, generator)
     if noise is None:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    eps_pred = predict_eps(model, q_sample(x0, t, noise, schedule), t)
-    return F.mse_loss(eps_pred, noise.float())
+    x_noise = noise
+    if input_perturbation:
+        if xi is None:
+            xi = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_noise = perturbed_noise(noise, xi, input_perturbation)
+    eps_pred = predict_eps(model, q_sample(x0, t, x_noise, schedule), t)
+    if min_snr_gamma is None:
+        return F.mse_loss(eps_pred, noise.float())
+    per_sample = (eps_pred - noise.float()).pow(2).flatten(1).mean(1)            # (B,)
+    return (min_snr_weight(t, schedule, min_snr_gamma) * per_sample).mean()
 
 
 # ---------------------------------------------------------------------------------------------
