@@ -10,7 +10,7 @@ lesson aids: stats, anatomy, oracle, plotting, diagram, source, exercises
 data: celeba, cache, data
 training: runtime, runfolder, checkpoint, state, train
 using a model: fast_sampling, generate, evaluate, swd, export
-entry points: session, figures, notebook_setup, kaggle, ablate, cli, __main__, __init__
+entry points: session, figures, notebook_setup, kaggle, ablate, webfigures, cli, __main__, __init__
 
 The core (the β schedule, the time embedding, the U-Net, the forward process, loss and samplers, the optimiser's
 pieces) is taught in notebooks 01–05 and imports nothing above the foundation. The command line is
@@ -31,10 +31,13 @@ from .diffusion import (
                         q_sample,
                         training_loss,
 )
+from .dpm_solver import dpm_solver_sample
 from .embeddings import TimeEmbedding, sinusoidal_embedding
 from .evaluate import MetricResult, MetricsUnavailable, SimpleFeatures, compute_metrics
+from .export import export_model, load_exported, shipped_model
 from .generate import sample_from_checkpoint, write_samples  # not `generate`: it would hide the module
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, timestep_grid
+from .source import show_source
 from .unet import UNet, build_unet, count_parameters
 
 __version__ = "0.1.0"
@@ -43,4 +46,5 @@ __all__ = ["DataConfig", "DiffusionConfig", "TrainConfig", "UNetConfig", "UNET_P
            "p_sample", "predict_x0", "q_sample", "training_loss", "TimeEmbedding", "sinusoidal_embedding",
            "NoiseSchedule", "UNet", "build_unet", "count_parameters", "CheckpointError", "latest_checkpoint",
            "load_model", "sample_from_checkpoint", "write_samples", "MetricResult", "MetricsUnavailable",
-           "SimpleFeatures", "compute_metrics"]
+           "SimpleFeatures", "compute_metrics", "dpm_solver_sample", "timestep_grid", "show_source", "export_model",
+           "load_exported", "shipped_model"]

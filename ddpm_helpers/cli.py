@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,figures,prepare,kaggle} ...`` (or ``ddpm ...``).
+"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,figures,prepare,kaggle,ablate} ...`` (or ``ddpm ...``).
 
 The one place where flags are declared. Each subcommand is two functions here — ``add_<name>_arguments(parser)``
 declaring its flags, each checked when parsed by a ``type=`` function below, and a thin ``run_<name>(args)``
@@ -45,7 +45,8 @@ from .errors import ConfigError, DDPMError
 from .evaluate import evaluate_sample_folder, reference_config
 from .fast_sampling import MODES as FAST_MODES
 from .files import write_json
-from .generate import read_samples_json, sample_from_checkpoint
+from .generate import default_spacing, default_steps, read_samples_json, sample_from_checkpoint
+from .schedule import SPACINGS
 from .swd import swd_of_sample_folder
 
 EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
@@ -107,6 +108,25 @@ def eta_value(text: str) -> float:
     value = _number(text, float, "a number")
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1] (0: deterministic DDIM, 1: as noisy as DDPM)")
+    return value
+
+
+def loss_weight(text: str):
+    """'none' (L_simple's uniform weight) or 'min-snr-G' (Min-SNR-γ with γ = G > 0, e.g. min-snr-5) → 'none' or G."""
+    if text == "none":
+        return "none"
+    match = re.fullmatch(r"min-snr-(.+)", text)
+    gamma = _number(match.group(1), float, "a number") if match else None
+    if gamma is None or not (math.isfinite(gamma) and gamma > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: use none or min-snr-G with a number G > 0, e.g. min-snr-5")
+    return gamma
+
+
+def perturbation(text: str) -> float:
+    """A number in [0, 1] (input perturbation δ)."""
+    value = _number(text, float, "a number")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1], e.g. 0.1 (0: off)")
     return value
 
 
@@ -189,6 +209,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=non_negative_int, help="steps between checkpoints (0: only at the end)")
     p.add_argument("--log-every", type=positive_int)
     p.add_argument("--ema-decay", type=probability)
+    p.add_argument("--loss-weight", type=loss_weight, metavar="{none,min-snr-G}",
+                   help="per-step loss weight: none (L_simple) or min-snr-G, min(SNR, G)/SNR (e.g. min-snr-5)")
+    p.add_argument("--input-perturbation", type=perturbation, metavar="DELTA",
+                   help="build x_t from eps + DELTA*xi (target eps), e.g. 0.1; 0: off")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -224,6 +248,10 @@ def build_train_config(args: argparse.Namespace):
     data = {field: getattr(args, flag) for flag, field in DATA_FIELDS.items() if getattr(args, flag) is not None}
     if args.compile:
         top["compile"] = True
+    if getattr(args, "loss_weight", None) is not None:
+        top["min_snr_gamma"] = None if args.loss_weight == "none" else args.loss_weight
+    if getattr(args, "input_perturbation", None) is not None:
+        top["input_perturbation"] = args.input_perturbation
     if args.channels_last is not None:
         top["channels_last"] = args.channels_last == "on"
     if args.unet is not None:
@@ -287,8 +315,13 @@ def run_train(args: argparse.Namespace) -> int:
 def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="ddim (default) or ddpm (all T steps)")
-    p.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default 50, at most T); DDPM uses T")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
+                   help="ddim (default), ddpm (all T steps), dpm++2m or dpm++3m (DPM-Solver++, 10-20 model calls)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="model calls: DDIM default 50, DPM-Solver++ default 20, at most T; DDPM uses T")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="timestep grid of ddim and dpm++: uniform (ddim's default), linspace, quadratic, logsnr "
+                        "(dpm++'s default)")
     p.add_argument("--eta", type=eta_value, default=0.0, help="DDIM η: 0 deterministic (default), 1 ≈ DDPM")
     p.add_argument("--variance", choices=VARIANCE_NAMES, default=None,
                    help="DDPM σ_t²: beta (the report's) or posterior (β̃); default: the checkpoint's")
@@ -308,14 +341,16 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_sample(args: argparse.Namespace) -> int:
     if args.out is None and args.out_dir is None:
         raise ConfigError("sample needs --out (a grid PNG) and/or --out-dir (single PNGs for metrics)")
-    if args.sampler == "ddpm" and args.steps is not None:
-        print("note: DDPM runs all T steps of the schedule; --steps is ignored (use --sampler ddim for fewer)",
-              file=sys.stderr)
+    if args.sampler == "ddpm" and (args.steps is not None or args.spacing is not None):
+        print("note: DDPM runs all T steps of the schedule; --steps/--spacing are ignored (use --sampler ddim or "
+              "dpm++2m for fewer)", file=sys.stderr)
     run = sample_from_checkpoint(args.checkpoint, n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                  seed=args.seed, out=args.out, out_dir=args.out_dir, ema=args.ema, device=args.device,
                                  batch_size=args.batch_size, variance=args.variance, progress=not args.quiet,
-                                 fast=args.fast)
-    label = "DDPM" if args.sampler == "ddpm" else f"DDIM-{args.steps or 50} η={args.eta:g}"
+                                 fast=args.fast, spacing=args.spacing)
+    steps, spacing = args.steps or default_steps(args.sampler), default_spacing(args.sampler, args.spacing)
+    label = ("DDPM" if args.sampler == "ddpm" else f"DDIM-{steps} η={args.eta:g} ({spacing} grid)"
+             if args.sampler == "ddim" else f"{args.sampler.upper()}-{steps} ({spacing} grid)")
     print(f"checkpoint: {run.checkpoint} ({'EMA' if args.ema else 'raw'} weights), sampler {label}, seed {args.seed}")
     if run.folder is not None:
         r = run.folder
@@ -455,8 +490,8 @@ def add_figures_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--n", type=positive_int, default=None, help="samples in the grid (default 64; 16 with --quick)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sample i starts from noise seeded by (seed, i)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
-                   help="the grid's and SWD's sampler (default ddim)")
-    p.add_argument("--steps", type=positive_int, default=None, help="their DDIM steps (default 50)")
+                   help="the grid's and SWD's sampler: ddim (default), ddpm, dpm++2m, dpm++3m")
+    p.add_argument("--steps", type=positive_int, default=None, help="their steps (default 50)")
     p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--data", default=None, help="CelebA folder, when not where the checkpoint's run found it")
     p.add_argument("--no-data", action="store_true", help="skip the nearest training images and the SWD")
@@ -485,6 +520,54 @@ def run_figures(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# ablate
+# ---------------------------------------------------------------------------------------------
+def add_ablate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--list", action="store_true", help="print every variant with what it changes, and exit")
+    p.add_argument("--variants", help="comma-separated variant names (default: all; see --list)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="training seeds 0 … K−1 per variant (default 3)")
+    p.add_argument("--preset", default="cpu-celeba", choices=sorted(TRAIN_PRESETS), help="the base recipe")
+    p.add_argument("--data", help="CelebA folder (else $CELEBA_DIR, /kaggle/input, ./data are searched)")
+    p.add_argument("--train-images", type=positive_int, default=2500,
+                   help="train on the first N images of the split; the images after them are held out (default 2500)")
+    p.add_argument("--image-size", type=positive_int, help="pixels (default: the preset's)")
+    p.add_argument("--cache-dir", help="where the preprocessed uint8 caches go")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-steps", type=positive_int, help="optimizer steps per training run (default 1500)")
+    budget.add_argument("--images", type=positive_int, help="images seen per training run (steps = images // batch)")
+    p.add_argument("--n", type=positive_int, default=256, help="samples per run = held-out images scored (default 256)")
+    p.add_argument("--curve", default="base,min-snr-5,input-perturbation-0.1",
+                   help="variants also scored at 1/4, 1/2, 3/4 of the budget (SWD against images seen); '' for none")
+    p.add_argument("--out", default="runs/ablate", help="ablation folder (default runs/ablate, ignored by git)")
+    p.add_argument("--publish", action="store_true",
+                   help="also write figures/ablations.json and the plot into the repository (the committed copy)")
+    p.add_argument("--device", type=device_name, help="cuda, cuda:1, mps or cpu (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from . import ablate  # optional: heavy (training + matplotlib), only the ablate command needs it
+    if args.list:
+        print(ablate.list_variants())
+        return 0
+    cfg = TRAIN_PRESETS[args.preset]
+    data = {"root": args.data, "max_images": args.train_images, "cache_dir": args.cache_dir,
+            "image_size": args.image_size or cfg.data.image_size}
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{k: v for k, v in data.items() if v}))
+    steps = (ablate.steps_for_images(args.images, cfg.batch_size) if args.images is not None
+             else args.max_steps or 1500)
+    curve = tuple(ablate.parse_variants(args.curve)) if args.curve.strip() else ()
+    ab = ablate.Ablation(base=cfg, variants=ablate.parse_variants(args.variants), seeds=args.seeds, max_steps=steps,
+                         n=args.n, curve=curve, out=args.out, device=args.device)
+    results = ablate.run_ablation(ab, progress=not args.no_progress, publish=ablate.REPO_FIGURES if args.publish
+                                  else None)
+    print(ablate.table(results))
+    print(f"[ablate] results in {Path(args.out) / 'results.json'}, plot {Path(args.out) / 'ablations.png'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # The parser and the error boundary
 # ---------------------------------------------------------------------------------------------
 COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callable[[argparse.Namespace], int]]] = [
@@ -494,6 +577,7 @@ COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callabl
     ("figures", "every model-dependent figure of the series from one checkpoint", add_figures_arguments, run_figures),
     ("prepare", "build the preprocessed CelebA cache", add_prepare_arguments, run_prepare),
     ("kaggle", "write/push the Kaggle kernels and the package dataset", add_kaggle_arguments, run_kaggle),
+    ("ablate", "same-budget ablations of the recipe, scored by SWD over seeds", add_ablate_arguments, run_ablate),
 ]
 DEBUG_HELP = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
 

@@ -32,7 +32,7 @@ ACT_NAMES = ("relu", "silu")
 SCHEDULE_NAMES = ("linear", "cosine")
 VARIANCE_NAMES = ("beta", "posterior")
 AMP_NAMES = ("auto", "fp16", "bf16", "off")
-SAMPLER_NAMES = ("ddpm", "ddim")
+SAMPLER_NAMES = ("ddpm", "ddim", "dpm++2m", "dpm++3m")
 FIGURE_PARTS = ("samples", "samplers", "reverse", "curves", "data")   # samplers: ddpm_vs_ddim, trajectory, eta;
 # curves: loss, lr_grad_norm; data: nearest and SWD (figures.draw_figures)
 MIN_IMAGE_SIZE = 8
@@ -68,7 +68,8 @@ FLAGS = {"batch_size": "--batch-size", "lr": "--lr", "max_steps": "--max-steps",
          "time_budget": "--time-budget", "ema_decay": "--ema-decay", "log_every": "--log-every",
          "sample_every": "--sample-every", "checkpoint_every": "--checkpoint-every", "amp": "--amp",
          "seed": "--seed", "image_size": "--image-size", "max_images": "--max-images", "crop": "--crop",
-         "split": "--split", "channels": "--channels"}
+         "split": "--split", "channels": "--channels",
+         "min_snr_gamma": "--loss-weight", "input_perturbation": "--input-perturbation"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,8 +235,14 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_bad_steps: int = 20          # consecutive non-finite losses before stopping
     num_threads: Optional[int] = None
+    min_snr_gamma: Optional[float] = None  # Min-SNR-γ loss weight min(SNR, γ)/SNR (None: L_simple's uniform weight)
+    input_perturbation: float = 0.0  # δ: x_t built from ε + δ·ξ, target ε (0: off)
 
     def __post_init__(self):
+        _require(self.min_snr_gamma is None or (_is_real(self.min_snr_gamma) and self.min_snr_gamma > 0),
+                 "min_snr_gamma", self.min_snr_gamma, "must be a number > 0 (or None for no weighting), e.g. 5")
+        _require(_is_real(self.input_perturbation) and 0 <= self.input_perturbation <= 1, "input_perturbation",
+                 self.input_perturbation, "must be in [0, 1], e.g. 0.1 (0: off)")
         _int_at_least(self, 1, "batch_size", "log_every", "sample_n", "sample_steps", "keep_checkpoints",
                       "max_bad_steps")
         _int_at_least(self, 0, "warmup_steps", "sample_every", "checkpoint_every", "seed")

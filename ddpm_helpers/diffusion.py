@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .schedule import NoiseSchedule, extract
+from .schedule import SPACINGS, NoiseSchedule, extract, timestep_grid
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -53,18 +53,50 @@ def sample_timesteps(batch: int, T: int, device=None, generator: Optional[torch.
     return torch.randint(0, T, (batch,), device=device, generator=generator)
 
 
+def min_snr_weight(t: torch.Tensor, schedule: NoiseSchedule, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weight for ε-prediction (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR").
+
+    w_t = min(SNR_t, γ) / SNR_t,  SNR_t = ᾱ_t / (1 − ᾱ_t): 1 at the noisy steps (SNR_t ≤ γ), γ/SNR_t < 1 at the
+    nearly clean ones, whose easy, conflicting gradients it damps. t: (B,) int64 → (B,) float32.
+    """
+    snr = (schedule.sqrt_alpha_bars[t] / schedule.sqrt_one_minus_alpha_bars[t]) ** 2   # both kept exact from float64
+    return snr.clamp(max=gamma) / snr
+
+
+def perturbed_noise(noise: torch.Tensor, xi: torch.Tensor, delta: float) -> torch.Tensor:
+    """The noise that builds x_t under input perturbation (Ning et al. 2023, "DDPM-IP"): ε' = ε + δ · ξ, ξ ~ N(0, I).
+
+    x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · (ε + δ · ξ), while the target stays ε: training sees inputs a little off the
+    forward process, as sampling does after its own errors (exposure bias). noise, xi: (B, C, H, W).
+    """
+    return noise + delta * xi
+
+
 def training_loss(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, t: Optional[torch.Tensor] = None,
-                  noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                  noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None, *,
+                  min_snr_gamma: Optional[float] = None, input_perturbation: float = 0.0,
+                  xi: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The simplified objective L_simple = E_{t, x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖² (Ho et al. Eq. 14).
 
-    Averaged over batch and pixels (a scalar). x0: (B, C, H, W) in [−1, 1].
+    Averaged over batch and pixels (a scalar). x0: (B, C, H, W) in [−1, 1]. Two optional levers (off by default,
+    and then not a single extra random number is drawn):
+    min_snr_gamma γ: each sample's mean squared error weighted by min_snr_weight, L = mean_b w_{t_b} · ‖·‖²_b;
+    input_perturbation δ > 0: x_t built from perturbed_noise(ε, ξ, δ), target ε; ξ drawn after ε unless given.
     """
     if t is None:
         t = sample_timesteps(x0.shape[0], schedule.T, x0.device, generator)
     if noise is None:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    eps_pred = predict_eps(model, q_sample(x0, t, noise, schedule), t)
-    return F.mse_loss(eps_pred, noise.float())
+    x_noise = noise
+    if input_perturbation:
+        if xi is None:
+            xi = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_noise = perturbed_noise(noise, xi, input_perturbation)
+    eps_pred = predict_eps(model, q_sample(x0, t, x_noise, schedule), t)
+    if min_snr_gamma is None:
+        return F.mse_loss(eps_pred, noise.float())
+    per_sample = (eps_pred - noise.float()).pow(2).flatten(1).mean(1)            # (B,)
+    return (min_snr_weight(t, schedule, min_snr_gamma) * per_sample).mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,29 +244,17 @@ def ddpm_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule,
     return (x, rec.result()) if keep_steps is not None else x
 
 
-DDIM_SPACINGS = ("uniform", "linspace")
+DDIM_SPACINGS = SPACINGS
 
 
-def ddim_timesteps(T: int, steps: int, spacing: str = "uniform") -> List[int]:
+def ddim_timesteps(T, steps: int, spacing: str = "uniform") -> list[int]:
     """The sub-sequence τ of timestep indices that DDIM visits, descending (Song et al. 2020, App. D.2).
 
-    spacing="uniform": the DDIM paper's "linear" choice, τ_i = ⌊i · T/S⌋ for i = 0 … S−1 (its code's
-        ``range(0, T, T // S)`` when S divides T): for T = 1000, S = 50 → 980, 960, …, 20, 0. The default,
-        so that FIDs compare with published DDIM CelebA numbers.
-    spacing="linspace": S indices rounded from linspace(0, T − 1, S): 999, 979, 958, …, 0; it starts at
-        the pure-noise end (index T − 1) like DDPM does.
-    Both end at index 0 (the report's last step, t = 1). steps: S with 1 ≤ S ≤ T.
+    Kept for existing callers: the grids ("uniform", the default, so that FIDs compare with published DDIM
+    CelebA numbers; "linspace"; "quadratic"; "logsnr") are :func:`ddpm_helpers.schedule.timestep_grid`'s,
+    documented there. T: the number of training steps, or the NoiseSchedule ("logsnr" needs it). 1 ≤ S ≤ T.
     """
-    if not 1 <= steps <= T:
-        raise ValueError(f"DDIM steps must be between 1 and T={T}, got {steps}")
-    if spacing == "uniform":
-        return [(i * T) // steps for i in range(steps)][::-1]
-    if spacing == "linspace":
-        if steps == 1:
-            return [T - 1]
-        taus = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
-        return sorted(set(taus), reverse=True)
-    raise ValueError(f"unknown DDIM spacing {spacing!r}; use one of {DDIM_SPACINGS}")
+    return timestep_grid(T, steps, spacing)
 
 
 def ddim_step(xt: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, eps: torch.Tensor,
@@ -272,12 +292,12 @@ def ddim_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, ste
     """DDIM sampling (Song et al. 2020) over ``steps`` timesteps chosen by :func:`ddim_timesteps`.
 
     Same arguments and return value as :func:`ddpm_sample`; keep_steps refers to timestep indices τ_i;
-    spacing: "uniform" (the DDIM paper's, default) or "linspace".
+    spacing: a grid of :func:`ddpm_helpers.schedule.timestep_grid` ("uniform", the DDIM paper's, is the default).
     """
     device = device or next(_params(model), torch.empty(0)).device
     x = _initial_noise(shape, device, generator, noise)
     rec = _Recorder(keep_steps)
-    taus = ddim_timesteps(schedule.T, steps, spacing)
+    taus = timestep_grid(schedule, steps, spacing)
     with eval_mode(model):
         for i, tau in enumerate(tqdm(taus, desc=f"DDIM-{len(taus)}", disable=not progress, leave=False)):
             t = torch.full((shape[0],), tau, device=device, dtype=torch.long)

@@ -106,15 +106,21 @@ class InceptionFeatures(nn.Module):
         return self.net(x)
 
 
+def _torchmetrics():
+    """torchmetrics' FID and KID modules, or MetricsUnavailable saying how to install them."""
+    try:
+        from torchmetrics.image import fid, kid  # optional: torchmetrics, only for FID/KID
+    except ImportError as e:
+        raise MetricsUnavailable(f"torchmetrics is not installed ({e}): pip install torchmetrics torch-fidelity"
+                                 ) from None
+    return fid, kid
+
+
 def _build_inception(weights_path: Optional[PathLike]) -> nn.Module:
     """torchmetrics' NoTrainInceptionV3, with every way it can fail to appear turned into MetricsUnavailable."""
     if weights_path is not None and not Path(weights_path).is_file():
         raise MetricsUnavailable(f"no Inception weights file at {weights_path}")
-    try:
-        from torchmetrics.image import fid as tm_fid  # optional: torchmetrics, only for FID/KID
-    except ImportError as e:
-        raise MetricsUnavailable(f"torchmetrics is not installed ({e}): pip install torchmetrics torch-fidelity"
-                                 ) from None
+    tm_fid, _ = _torchmetrics()
     try:
         return tm_fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_DIMS)],
                                          feature_extractor_weights_path=(None if weights_path is None
@@ -320,8 +326,7 @@ def frechet_distance(real_features: torch.Tensor, fake_features: torch.Tensor) -
 
     FID = ‖μ_r − μ_f‖² + Tr(Σ_r + Σ_f − 2 (Σ_r Σ_f)^{1/2}).  real_features: (N_r, d); fake_features: (N_f, d).
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance  # optional: torchmetrics, only for FID
-    metric = FrechetInceptionDistance(feature=PrecomputedFeatures(real_features.shape[1]))
+    metric = _torchmetrics()[0].FrechetInceptionDistance(feature=PrecomputedFeatures(real_features.shape[1]))
     metric.update(real_features.double(), real=True)
     metric.update(fake_features.double(), real=False)
     return float(metric.compute())
@@ -334,7 +339,7 @@ def kernel_distance(real_features: torch.Tensor, fake_features: torch.Tensor, su
     KID = unbiased MMD² with k(x, y) = (xᵀy / d + 1)³, on ``subsets`` draws of ``subset_size`` features of
     each set (seeded). real_features: (N_r, d); fake_features: (N_f, d).
     """
-    from torchmetrics.image.kid import KernelInceptionDistance  # optional: torchmetrics, only for KID
+    KernelInceptionDistance = _torchmetrics()[1].KernelInceptionDistance
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)     # "will save all extracted features in buffer"
         metric = KernelInceptionDistance(feature=PrecomputedFeatures(real_features.shape[1]), subsets=subsets,
@@ -461,10 +466,12 @@ def evaluate_sample_folder(samples: PathLike, reference, n_fake: Optional[int] =
 
 
 def _sampler_label(meta: Dict[str, Any]) -> str:
-    """'DDIM η=0' / 'DDPM σ²=beta' from samples.json, '' when unknown."""
+    """'DDIM η=0' / 'DDPM σ²=beta' / 'DPM-Solver++(2M) logsnr grid' from samples.json, '' when unknown."""
     sampler = meta.get("sampler")
     if sampler == "ddim":
         return f"DDIM η={meta.get('eta', 0):g}"
     if sampler == "ddpm":
         return f"DDPM σ²={meta.get('variance')}"
+    if sampler in ("dpm++2m", "dpm++3m"):
+        return f"DPM-Solver++({sampler[5:].upper()}) {meta.get('spacing')} grid"
     return ""

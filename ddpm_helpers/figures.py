@@ -116,7 +116,9 @@ def machine_description(device: torch.device) -> str:
 
 
 def sampler_label(sampler: str, steps: int, T: int, eta: float = 0.0) -> str:
-    """'DDIM 50 steps, η = 0' / 'DDPM 1000 steps'."""
+    """'DDIM 50 steps, η = 0' / 'DDPM 1000 steps' / 'DPM-Solver++(2M) 20 steps'."""
+    if sampler.startswith("dpm++"):
+        return f"DPM-Solver++({sampler[5:].upper()}) {steps} steps"
     return f"DDPM {T} steps" if sampler == "ddpm" else f"DDIM {steps} steps, η = {eta:g}"
 
 

@@ -26,24 +26,27 @@ from ._types import moved_names
 from .checkpoint import CheckpointError, latest_checkpoint, load_model
 from .config import SAMPLER_NAMES, VARIANCE_NAMES, derive_seed
 from .diffusion import ddim_sample, ddpm_sample, eval_mode
+from .dpm_solver import DEFAULT_SPACING as SOLVER_SPACING
+from .dpm_solver import dpm_solver_sample
 from .errors import ConfigError, DDPMError
 from .fast_sampling import compile_for_sampling
 from .files import write_json
 from .images import png_problem, read_png, save_image_grid, to_model_range, write_png_atomic
 from .runtime import default_device
-from .schedule import NoiseSchedule
+from .schedule import SPACINGS, NoiseSchedule
 
 # Names that lived here before issue 19 (PNG I/O moved to images): see moved_names.
 __getattr__ = moved_names(__name__, {n: images for n in ("DamagedImageError", "PNG_SIGNATURE", "PNG_END")})
 
 from ._types import PathLike
 
+SOLVER_ORDERS = {"dpm++2m": 2, "dpm++3m": 3}   # DPM-Solver++ multistep samplers and their order
 STEP_NOISE_OFFSET = 500_000_009   # keeps the per-step noise stream apart from every sample's x_T stream
 SAMPLES_JSON = "samples.json"
 SAMPLES_FORMAT = "ddpm_helpers/samples/1"
 # samples.json fields that must agree before new images may join a folder
 SETTING_KEYS = ("weights", "sampler", "steps", "eta", "variance", "seed", "timesteps", "schedule",
-                "image_size", "channels", "batch_layout")
+                "image_size", "channels", "batch_layout", "order", "spacing")
 
 
 class SampleFolderError(DDPMError, ValueError):
@@ -68,15 +71,26 @@ def initial_noise(seed: int, start: int, count: int, shape: Sequence[int]) -> to
     return torch.stack(noise) if noise else torch.empty(0, *shape)
 
 
-def _check_sampler(sampler: str, steps: Optional[int], eta: float, variance: str, T: int) -> None:
+def default_spacing(sampler: str, spacing: Optional[str] = None) -> Optional[str]:
+    """The timestep grid a sampler runs on: ``spacing`` if given, else "uniform" for DDIM (the DDIM paper's, so
+    FIDs compare with published numbers) and dpm_solver.DEFAULT_SPACING for DPM-Solver++; None for DDPM."""
+    if sampler == "ddpm":
+        return None
+    return spacing or (SOLVER_SPACING if sampler in SOLVER_ORDERS else "uniform")
+
+
+def _check_sampler(sampler: str, steps: Optional[int], eta: float, variance: str, T: int,
+                   spacing: Optional[str] = None) -> None:
     """Raise a ConfigError naming the bad argument (and its flag) and what would work."""
     if sampler not in SAMPLER_NAMES:
         raise ConfigError(f"unknown sampler {sampler!r} (--sampler); use one of {', '.join(SAMPLER_NAMES)}")
     if variance not in VARIANCE_NAMES:
         raise ConfigError(f"unknown variance {variance!r} (--variance); use one of {', '.join(VARIANCE_NAMES)}")
-    if sampler == "ddim" and (steps is None or not 1 <= steps <= T):
-        raise ConfigError(f"--steps {steps}: DDIM steps must be between 1 and T={T}, the model's number of "
-                          "diffusion steps")
+    if sampler != "ddpm" and (steps is None or not 1 <= steps <= T):
+        raise ConfigError(f"--steps {steps}: {sampler.upper()} steps must be between 1 and T={T}, the model's "
+                          "number of diffusion steps")
+    if spacing is not None and spacing not in SPACINGS:
+        raise ConfigError(f"unknown spacing {spacing!r} (--spacing); use one of {', '.join(SPACINGS)}")
     if not 0 <= eta <= 1:
         raise ConfigError(f"--eta {eta}: eta must be in [0, 1] (0 deterministic DDIM, 1 as noisy as DDPM)")
 
@@ -110,8 +124,9 @@ def _to_device(model: nn.Module, schedule: NoiseSchedule, device) -> Tuple[torch
 @torch.no_grad()
 def sample_batch(model: nn.Module, schedule: NoiseSchedule, start: int, count: int, shape: Sequence[int],
                  sampler: str = "ddim", steps: int = 50, eta: float = 0.0, variance: str = "beta", seed: int = 0,
-                 device=None, progress: bool = False) -> torch.Tensor:
-    """Samples start … start+count−1 in one call of ddpm_sample (Ho et al. Alg. 2) or ddim_sample (Song et al. Eq. 12).
+                 device=None, progress: bool = False, spacing: Optional[str] = None) -> torch.Tensor:
+    """Samples start … start+count−1 in one call of ddpm_sample (Ho et al. Alg. 2), ddim_sample (Song et al. Eq. 12)
+    or dpm_solver_sample (DPM-Solver++ 2M/3M); spacing: the grid of DDIM and DPM-Solver++ (see default_spacing).
 
     shape: (C, H, W). Returns x_0 (count, C, H, W) float32 on the CPU, clamped to [−1, 1].
     """
@@ -121,24 +136,28 @@ def sample_batch(model: nn.Module, schedule: NoiseSchedule, start: int, count: i
     if sampler == "ddpm":
         x = ddpm_sample(model, x_T.shape, schedule, generator=step_noise, device=device, variance=variance,
                         noise=x_T, progress=progress)
+    elif sampler in SOLVER_ORDERS:
+        x = dpm_solver_sample(model, x_T.shape, schedule, steps=steps, order=SOLVER_ORDERS[sampler], noise=x_T,
+                              spacing=default_spacing(sampler, spacing), device=device, progress=progress)
     else:
         x = ddim_sample(model, x_T.shape, schedule, steps=steps, eta=eta, generator=step_noise, device=device,
-                        noise=x_T, progress=progress)
+                        noise=x_T, progress=progress, spacing=default_spacing(sampler, spacing))
     return x.float().cpu()
 
 
 def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: str = "ddim", steps: int = 50,
              eta: float = 0.0, variance: str = "beta", batch_size: int = 64, seed: int = 0, device=None,
              image_size: Optional[int] = None, channels: Optional[int] = None, progress: bool = True,
-             start: int = 0) -> torch.Tensor:
-    """Draw n samples in batches with DDPM (all T steps; ``variance`` picks σ_t) or DDIM (``steps``, ``eta``).
+             start: int = 0, spacing: Optional[str] = None) -> torch.Tensor:
+    """Draw n samples in batches with DDPM (all T steps; ``variance`` picks σ_t), DDIM (``steps``, ``eta``) or
+    DPM-Solver++ 2M/3M (``steps`` model calls); ``spacing``: the grid of DDIM and DPM-Solver++ (default_spacing).
 
     Sample i (i = start … start+n−1) starts from x_T seeded by (seed, i); DDIM with η = 0 is then independent
     of n and batching, while the stochastic samplers' step noise is seeded per batch (by its first index).
     image_size/channels default to the model's config; the model is moved to ``device`` if given and
     run in eval mode (its mode is restored). Returns (n, C, H, W) float32 in [−1, 1] on the CPU.
     """
-    _check_sampler(sampler, steps, eta, variance, schedule.T)
+    _check_sampler(sampler, steps, eta, variance, schedule.T, spacing)
     if n < 0 or batch_size < 1:
         raise ConfigError(f"need --n >= 0 and --batch-size >= 1, got n={n}, batch_size={batch_size}")
     shape = _model_image_shape(model, image_size, channels)
@@ -149,7 +168,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: str = "
         for lo in range(0, n, batch_size):
             count = min(batch_size, n - lo)
             out[lo:lo + count] = sample_batch(model, schedule, start + lo, count, shape, sampler, steps, eta,
-                                              variance, seed, device, progress)
+                                              variance, seed, device, progress, spacing)
             bar.update(count)
         bar.close()
     return out
@@ -187,17 +206,19 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 def sample_settings(model: nn.Module, schedule: NoiseSchedule, sampler: str, steps: int, eta: float,
                     variance: str, seed: int, shape: Sequence[int], batch_size: int = 64,
-                    n: int = 0) -> Dict[str, Any]:
+                    n: int = 0, spacing: Optional[str] = None) -> Dict[str, Any]:
     """The settings that decide which images a folder holds (compared on resume); irrelevant ones are None.
 
     Starting noise depends on (seed, index) only, but the per-step noise of a stochastic sampler (DDPM,
     DDIM with η > 0) is drawn per batch, so there the batch layout (batch size, n) must match too.
+    order (DPM-Solver++'s) and spacing (the timestep grid of DDIM and DPM-Solver++) are recorded too.
     """
     stochastic = sampler == "ddpm" or float(eta) > 0
     return {"weights": weights_fingerprint(model), "sampler": sampler,
             "batch_layout": f"batch {int(batch_size)} of n {int(n)}" if stochastic else None,
             "steps": schedule.T if sampler == "ddpm" else int(steps),
             "eta": float(eta) if sampler == "ddim" else None,
+            "order": SOLVER_ORDERS.get(sampler), "spacing": default_spacing(sampler, spacing),
             "variance": variance if sampler == "ddpm" else None,
             "seed": int(seed), "timesteps": schedule.T, "schedule": schedule.name,
             "image_size": int(shape[-1]), "channels": int(shape[0])}
@@ -219,6 +240,8 @@ def _check_folder(existing: Optional[Dict[str, Any]], settings: Dict[str, Any], 
             raise SampleFolderError(f"{out_dir} holds PNGs but no {SAMPLES_JSON}: cannot tell how they were made. "
                                     "Use an empty folder.")
         return
+    if existing.get("sampler") == "ddim" and "spacing" not in existing:
+        existing = {**existing, "spacing": "uniform"}      # written before the spacing was recorded: DDIM's default
     diffs = [f"{k}: folder has {existing.get(k)!r}, requested {settings[k]!r}"
              for k in SETTING_KEYS if existing.get(k) != settings[k]]
     if diffs:
@@ -241,7 +264,8 @@ class WriteReport:
 def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, n: int, sampler: str = "ddim",
                   steps: int = 50, eta: float = 0.0, variance: str = "beta", batch_size: int = 64, seed: int = 0,
                   device=None, image_size: Optional[int] = None, channels: Optional[int] = None,
-                  progress: bool = True, info: Optional[Dict[str, Any]] = None) -> WriteReport:
+                  progress: bool = True, info: Optional[Dict[str, Any]] = None,
+                  spacing: Optional[str] = None) -> WriteReport:
     """Write samples 0 … n−1 as out_dir/000000.png …, resumably: only batches with a missing or damaged file
     (truncated, undecodable, other size or mode: see png_problem) are generated.
 
@@ -249,13 +273,13 @@ def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, 
     its missing and damaged files are written (atomically). out_dir/samples.json records the settings (and
     ``info``, e.g. the checkpoint path) and a folder written with other settings is refused (SampleFolderError).
     """
-    _check_sampler(sampler, steps, eta, variance, schedule.T)
+    _check_sampler(sampler, steps, eta, variance, schedule.T, spacing)
     if n < 0 or batch_size < 1:
         raise ConfigError(f"need --n >= 0 and --batch-size >= 1, got n={n}, batch_size={batch_size}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = _model_image_shape(model, image_size, channels)
-    settings = sample_settings(model, schedule, sampler, steps, eta, variance, seed, shape, batch_size, n)
+    settings = sample_settings(model, schedule, sampler, steps, eta, variance, seed, shape, batch_size, n, spacing)
     existing = read_samples_json(out_dir)
     _check_folder(existing, settings, out_dir)
     for stale in out_dir.glob(".*.png.*.tmp"):          # temporary files of an interrupted write
@@ -273,7 +297,7 @@ def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, 
         for k in batches:
             lo, hi = k * batch_size, min((k + 1) * batch_size, n)
             images = sample_batch(model, schedule, lo, hi - lo, shape, sampler, steps, eta, variance, seed, device,
-                                  progress)
+                                  progress, spacing)
             for i in range(lo, hi):
                 if i in todo:
                     write_png_atomic(images[i - lo], sample_path(out_dir, i))
@@ -322,17 +346,24 @@ class SampleRun:
     folder: Optional[WriteReport] = None
 
 
+def default_steps(sampler: str) -> int:
+    """Steps when none are given: 20 model calls for DPM-Solver++, 50 for DDIM (DDPM ignores it and runs all T)."""
+    return 20 if sampler in SOLVER_ORDERS else 50
+
+
 GRID_FROM_FOLDER_MAX = 64   # with both --out and --out-dir, the grid shows the first images of the folder
 
 
 def sample_from_checkpoint(checkpoint: PathLike, n: int = 64, sampler: str = "ddim", steps: Optional[int] = 50,
                            eta: float = 0.0, seed: int = 0, out: Optional[PathLike] = None,
                            out_dir: Optional[PathLike] = None, ema: bool = True, device=None, batch_size: int = 64,
-                           variance: Optional[str] = None, progress: bool = True, fast: str = "off") -> SampleRun:
+                           variance: Optional[str] = None, progress: bool = True, fast: str = "off",
+                           spacing: Optional[str] = None) -> SampleRun:
     """Load a checkpoint (EMA weights by default) and write a grid PNG to ``out`` and/or single PNGs to ``out_dir``.
 
     checkpoint: a .pt file or a run folder (its newest checkpoint). variance: DDPM's σ_t, default the
-    checkpoint's DiffusionConfig.variance. steps: DDIM steps (None → 50); DDPM always runs all T.
+    checkpoint's DiffusionConfig.variance. steps: DDIM steps (None → 50) or DPM-Solver++ steps, i.e. model calls
+    (None → 20); DDPM always runs all T. spacing: the timestep grid (None → default_spacing(sampler)).
     With both outputs, the grid shows the folder's first min(n, 64) images (no second sampling run).
     fast: a fast_sampling mode for the U-Net (off, auto, cudagraph, compile, compile+cudagraph).
     """
@@ -344,9 +375,10 @@ def sample_from_checkpoint(checkpoint: PathLike, n: int = 64, sampler: str = "dd
     if fast != "off":
         model = compile_for_sampling(model, mode=fast)
     variance = variance or cfg.diffusion.variance
-    steps = 50 if steps is None else steps
+    steps = default_steps(sampler) if steps is None else steps
     kw = dict(sampler=sampler, steps=steps, eta=eta, variance=variance, batch_size=batch_size, seed=seed,
-              device=device, image_size=cfg.data.image_size, channels=cfg.model.in_channels, progress=progress)
+              device=device, image_size=cfg.data.image_size, channels=cfg.model.in_channels, progress=progress,
+              spacing=spacing)
     run = SampleRun(checkpoint=path)
     if out_dir is not None:
         info = {"checkpoint": str(path.resolve()), "ema": bool(ema),

@@ -8,6 +8,7 @@ none trains or samples.
 from __future__ import annotations
 
 import csv
+import functools
 import textwrap
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from matplotlib.ticker import ScalarFormatter
 
 from . import images as _images_module
 from ._types import PathLike, moved_names
+from .diffusion import eval_mode, predict_eps, q_sample
 from .images import image_grid, to_unit_range
 
 # Names that lived here before issue 19 (the grid writer moved to images): see moved_names.
@@ -62,6 +64,15 @@ def print_style():
     return matplotlib.rc_context(PRINT_STYLE)
 
 
+def print_styled(draw):
+    """Decorator: draw the figure inside print_style(), so every plot of the package shares the one print style."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with print_style():
+            return draw(*args, **kwargs)
+    return wrapper
+
+
 def smooth_log(values: Sequence[float], window: Optional[int] = None) -> list:
     """exp(centred rolling median of log(values)): a smoothed loss that follows the raw one without lag.
 
@@ -96,6 +107,7 @@ def _wrap(title: str, width_in: float) -> str:
     return "\n".join(textwrap.wrap(title, max(20, int(width_in * 15))))
 
 
+@print_styled
 def plot_loss_curve(csv_path: PathLike, out_path: Optional[PathLike] = None, title: str = "Training loss",
                     window: Optional[int] = None, width: float = COLUMN_WIDTH):
     """Loss against step from a metrics CSV: raw, and smoothed in log space (smooth_log), on a log axis.
@@ -125,18 +137,24 @@ def plot_loss_curve(csv_path: PathLike, out_path: Optional[PathLike] = None, tit
 # ---------------------------------------------------------------------------------------------
 # Teaching figures of notebooks 01–03 (forward process, schedules, time embedding, U-Net levels)
 # ---------------------------------------------------------------------------------------------
-def save_figure(fig, stem: PathLike, formats: Sequence[str] = ("png",), dpi: int = 120) -> list:
-    """Write fig as stem.png (and stem.pdf, ...) with no timestamp, so a re-run rewrites the same bytes.
+def save_figure(fig, stem: PathLike, formats: Sequence[str] = ("png", "pdf"), dpi: Optional[int] = None) -> list:
+    """Write fig as stem.png and stem.pdf at the print rule (≥ PRINT_DPI), with no timestamp, so a re-run rewrites
+    the same bytes.
 
-    Returns the written paths. Closes the figure under a non-interactive backend (Agg), as in CI.
+    dpi: None (or anything below PRINT_DPI, as older callers pass) means PRINT_DPI: a committed plot is never
+    written below 300 dpi. A figure drawn pixel-exact (plot_image_rows sets ``fig.exact_dpi``) is written at that
+    dpi without a tight bounding box, so each image pixel stays a whole block. Returns the written paths. Closes
+    the figure under a non-interactive backend (Agg), as in CI.
     """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    exact = getattr(fig, "exact_dpi", None)
+    dpi = exact or max(dpi or PRINT_DPI, PRINT_DPI)
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None} if fmt == "png" else None
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=metadata)
+        fig.savefig(path, dpi=dpi, bbox_inches=None if exact else "tight", pad_inches=0.02, metadata=metadata)
         paths.append(path)
     if matplotlib.get_backend().lower() == "agg":
         plt.close(fig)
@@ -159,34 +177,53 @@ def tile_mosaic(rows: Sequence[torch.Tensor], pad: Optional[int] = None) -> np.n
     return out
 
 
-def plot_image_rows(rows: dict, col_titles: Sequence[str], scale: float = 1.3, tile_labels: Optional[dict] = None):
+def _inches(chars: int, lines: int = 1) -> tuple:
+    """About the (width, height) in inches of text of chars characters and lines lines at the print font (8 pt)."""
+    return 0.062 * chars + 0.06, 0.135 * lines + 0.05
+
+
+@print_styled
+def plot_image_rows(rows: dict, col_titles: Sequence[str], scale: float = 1.3, tile_labels: Optional[dict] = None,
+                    dpi: int = PRINT_DPI):
     """One row per entry of rows {label: images (K, C, H, W) in [−1, 1]}, K titled columns, as a single image.
 
-    scale: inches per tile. tile_labels: optional {row label: K strings} written in the corner of each tile of
-    that row. One axes and one imshow (nearest neighbour), so that large tables draw fast. Returns the figure.
+    scale: about the inches per tile; each image pixel becomes a whole z × z block, z = round(scale · dpi / tile),
+    and the figure is laid out in whole pixels at dpi (``fig.exact_dpi``, which save_figure honours), so nothing
+    is resampled or smoothed. tile_labels: optional {row label: K strings} written in the corner of each tile of
+    that row. One axes and one imshow, so that large tables draw fast. Returns the figure.
     """
     images = list(rows.values())
     k, _, h, w = images[0].shape
     pad = max(1, h // 16)
-    mosaic = tile_mosaic(images, pad)
-    n_rows = len(images)
-    fig, ax = plt.subplots(figsize=(scale * k + 0.7, scale * n_rows * (h + pad) / (w + pad) + 0.35))
-    ax.imshow(mosaic, interpolation="nearest")
-    centre = lambda i, size: pad + i * (size + pad) + (size - 1) / 2
+    z = max(1, round(scale * dpi / (w + pad)))
+    mosaic = tile_mosaic(images, pad).repeat(z, axis=0).repeat(z, axis=1)             # whole-pixel enlargement
+    labels = [str(label).split("\n") for label in rows]
+    left = round(dpi * _inches(max(len(part) for label in labels for part in label))[0])
+    top = round(dpi * _inches(max(len(str(t)) for t in col_titles[:k]), max(str(t).count("\n") + 1
+                                                                             for t in col_titles[:k]))[1])
+    mh, mw = mosaic.shape[:2]
+    fw, fh = left + mw + 4, top + mh + 4                                                # whole pixels
+    fig = plt.figure(figsize=(fw / dpi, fh / dpi), dpi=dpi)
+    fig.exact_dpi = dpi
+    ax = fig.add_axes((left / fw, 4 / fh, mw / fw, mh / fh))
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto", resample=False)
+
+    def centre(i, size):                                   # pixel centre of tile i along an axis of tiles `size`
+        return z * (pad + i * (size + pad) + size / 2) - 0.5
+
     ax.xaxis.tick_top()
     ax.set_xticks([centre(j, w) for j in range(k)])
-    ax.set_xticklabels(col_titles[:k], fontsize=8)
-    ax.set_yticks([centre(r, h) for r in range(n_rows)])
-    ax.set_yticklabels(list(rows), fontsize=8)
+    ax.set_xticklabels(col_titles[:k])
+    ax.set_yticks([centre(r, h) for r in range(len(images))])
+    ax.set_yticklabels(list(rows))
     ax.tick_params(length=0, pad=2)
     ax.grid(False)
     for spine in ax.spines.values():
         spine.set_visible(False)
     for r, label in enumerate(rows):
         for j, text in enumerate((tile_labels or {}).get(label) or []):
-            ax.text(pad + j * (w + pad) + 0.5, pad + r * (h + pad) + h - 0.5, text, fontsize=6, va="bottom",
+            ax.text(z * (pad + j * (w + pad)), z * (pad + r * (h + pad) + h) - 1, text, fontsize=6, va="bottom",
                     ha="left", bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8))
-    fig.tight_layout(pad=0.2)
     return fig
 
 
@@ -195,14 +232,17 @@ def _report_steps(schedule) -> torch.Tensor:
     return torch.arange(1, schedule.T + 1)
 
 
+@print_styled
 def plot_schedules(schedules: Sequence):
     """β_t (log scale) and ᾱ_t against the report's t = 1 … T, one line per NoiseSchedule."""
-    fig, (ax_b, ax_a) = plt.subplots(1, 2, figsize=(9, 3.3))
+    fig, (ax_b, ax_a) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 2.6))
     for s in schedules:
         ax_b.plot(_report_steps(s), s.betas, label=s.name)
         ax_a.plot(_report_steps(s), s.alpha_bars, label=s.name)
     ax_b.set_yscale("log")
     ax_b.set_title(r"noise added per step $\beta_t$")
+    ax_b.set_ylabel(r"$\beta_t$")
+    ax_a.set_ylabel(r"$\bar\alpha_t$")
     ax_a.set_title(r"signal kept $\bar\alpha_t = \prod_{s=1}^{t} (1 - \beta_s)$")
     for ax in (ax_b, ax_a):
         ax.set_xlabel("t")
@@ -212,9 +252,10 @@ def plot_schedules(schedules: Sequence):
     return fig
 
 
+@print_styled
 def plot_log_snr(schedules: Sequence):
     """log SNR(t) = log(ᾱ_t / (1 − ᾱ_t)) against the report's t, one line per NoiseSchedule; 0 = equal power."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.3, 2.6))
     for s in schedules:
         ax.plot(_report_steps(s), s.snr().log(), label=s.name)
     ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
@@ -227,6 +268,7 @@ def plot_log_snr(schedules: Sequence):
     return fig
 
 
+@print_styled
 def plot_forward_moments(steps: Sequence[int], mean_coef: Sequence[float], variance: Sequence[float], schedule):
     """Moments of x_t measured on simulated Markov chains (dots) against the closed form (lines).
 
@@ -234,22 +276,24 @@ def plot_forward_moments(steps: Sequence[int], mean_coef: Sequence[float], varia
     pixel-averaged Var[x_t] (closed form 1 − ᾱ_t).
     """
     t_report = [s + 1 for s in steps]
-    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.3, 2.8))
     ax.plot(_report_steps(schedule), schedule.sqrt_alpha_bars, color="C0", label=r"$\sqrt{\bar\alpha_t}$ (closed form)")
     ax.plot(_report_steps(schedule), 1 - schedule.alpha_bars, color="C1", label=r"$1-\bar\alpha_t$ (closed form)")
     ax.plot(t_report, mean_coef, "o", ms=3, color="C0", label=r"chain: slope of $E[x_t]$ on $x_0$")
     ax.plot(t_report, variance, "s", ms=3, color="C1", label=r"chain: $\mathrm{Var}[x_t]$")
     ax.set_xlabel("t")
     ax.set_title("iterated chain vs closed form")
+    ax.set_ylabel(r"mean coefficient, variance of $x_t$")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
     fig.tight_layout()
     return fig
 
 
+@print_styled
 def plot_embedding_heatmap(emb: torch.Tensor):
     """Heat map of sinusoidal embeddings (T, d): rows = timestep index t, columns = dimension."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.3, 3.0))
     im = ax.imshow(emb.detach().cpu().numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
                    interpolation="nearest")
     ax.set_xlabel("dimension (even: sin, odd: cos)")
@@ -260,14 +304,15 @@ def plot_embedding_heatmap(emb: torch.Tensor):
     return fig
 
 
+@print_styled
 def plot_similarity_matrices(matrices: dict, ts: torch.Tensor):
     """Side-by-side heat maps of similarity matrices {title: (N, N)} between the embeddings of timesteps ts (N,)."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(COLUMN_WIDTH * len(matrices), 3.0), squeeze=False)
     extent = [float(ts[0]), float(ts[-1]), float(ts[-1]), float(ts[0])]
     for ax, (title, m) in zip(axes[0], matrices.items()):
         im = ax.imshow(m.detach().cpu().numpy(), cmap="viridis", vmin=-1, vmax=1, extent=extent,
                        interpolation="nearest")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
         ax.set_xlabel("t")
         ax.set_ylabel("s")
         fig.colorbar(im, ax=ax, fraction=0.046)
@@ -275,9 +320,10 @@ def plot_similarity_matrices(matrices: dict, ts: torch.Tensor):
     return fig
 
 
+@print_styled
 def plot_similarity_by_lag(lags: torch.Tensor, similarity: torch.Tensor):
     """Cosine similarity of e_t and e_{t+Δ} against the lag Δ (it depends on Δ only)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.0))
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.3, 2.4))
     ax.plot(lags, similarity)
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xlabel(r"lag $\Delta = |t - s|$")
@@ -288,12 +334,13 @@ def plot_similarity_by_lag(lags: torch.Tensor, similarity: torch.Tensor):
     return fig
 
 
+@print_styled
 def plot_unet_levels(tables: dict):
     """Bar charts of channels per stage of U-Nets, annotated with the feature-map side.
 
     tables: {model name: [(stage name, (B, C, H, W) output shape), ...]} in forward order.
     """
-    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(tables), figsize=(COLUMN_WIDTH * len(tables), 2.9), squeeze=False, sharey=True)
     for ax, (name, rows) in zip(axes[0], tables.items()):
         labels = [stage for stage, _ in rows]
         channels = [shape[1] for _, shape in rows]
@@ -302,7 +349,7 @@ def plot_unet_levels(tables: dict):
             ax.annotate(f"{shape[1]}\n{shape[2]}×{shape[3]}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=6.5)
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(labels, rotation=60, fontsize=8)
+        ax.set_xticklabels(labels, rotation=60)
         ax.set_yscale("log", base=2)
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.set_ylabel("channels (labels: C and H×W)")
@@ -329,11 +376,14 @@ def _stage_color(stage: str) -> str:
 _METRIC_LABELS = {"loss": r"$L_{simple}$ (logged mean)", "lr": "learning rate",
                   "grad_norm": r"gradient norm $\|\nabla_\theta L\|$ (before clipping)",
                   "images_per_s": "images / s"}
+_METRIC_YLABELS = {"loss": r"$L_{simple}$", "lr": "learning rate", "grad_norm": "gradient norm",
+                   "images_per_s": "images / s"}
 
 
+@print_styled
 def plot_training_metrics(csv_path: PathLike, columns: Sequence[str] = ("loss", "lr", "grad_norm"),
                           resumed_at: Sequence[int] = (), grad_clip: Optional[float] = None,
-                          window: Optional[int] = None, panel_width: float = 4.6, panel_height: float = 3.3):
+                          window: Optional[int] = None, panel_width: float = COLUMN_WIDTH, panel_height: float = 2.5):
     """One panel per column of a training metrics CSV (train.MetricsLog) against the optimizer step.
 
     "loss" is drawn raw and smoothed in log space (smooth_log: a centred rolling median of log L over
@@ -355,6 +405,7 @@ def plot_training_metrics(csv_path: PathLike, columns: Sequence[str] = ("loss", 
         for i, step in enumerate(resumed_at):
             ax.axvline(step, color="0.3", ls="--", lw=0.9, label="resumed" if i == 0 else None)
         ax.set_xlabel("optimizer step")
+        ax.set_ylabel(_METRIC_YLABELS.get(col, col))
         ax.set_title(_METRIC_LABELS.get(col, col))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -363,8 +414,9 @@ def plot_training_metrics(csv_path: PathLike, columns: Sequence[str] = ("loss", 
     return fig
 
 
+@print_styled
 def plot_titled_grids(grids: dict, nrow: Optional[int] = None, suptitle: Optional[str] = None,
-                      scale: float = 3.2):
+                      scale: float = COLUMN_WIDTH):
     """Image grids side by side, one titled panel per entry of grids {title: images (B, C, H, W)}.
 
     Images in [−1, 1] (or uint8), gray or RGB; nrow images per grid row (default: about √B). Returns the figure.
@@ -375,14 +427,15 @@ def plot_titled_grids(grids: dict, nrow: Optional[int] = None, suptitle: Optiona
                              squeeze=False)
     for ax, (title, picture) in zip(axes[0], pictures.items()):
         ax.imshow(picture, interpolation="nearest")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
         ax.axis("off")
     if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
+        fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
 
 
+@print_styled
 def plot_trajectories(trajectories: dict, index: int = 0, steps: Optional[Sequence[int]] = None,
                       finals: Optional[dict] = None, scale: float = 1.1):
     """x_t and the network's guess x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ) / √ᾱ_t along sampling runs, two rows per run.
@@ -405,3 +458,47 @@ def plot_trajectories(trajectories: dict, index: int = 0, steps: Optional[Sequen
         rows[f"{label}\n$\\hat x_0$"] = x0
     titles = [f"t = {s + 1}" for s in steps] + (["$x_0$ (final)"] if finals is not None else [])
     return plot_image_rows(rows, titles, scale=scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss by timestep (notebook 04): where along the chain a trained model still errs
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def loss_by_timestep(model, schedule, x0: torch.Tensor, bins: int = 20, seed: int = 0, batch: int = 100) -> tuple:
+    """Mean L_simple per band of timesteps on fixed images and fixed noise (Ho et al. 2020, Eq. 14, per t).
+
+    L(t) = E_{x_0, ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖² / (C·H·W). The T steps are cut into ``bins`` equal
+    bands; in each band every image gets one t drawn uniformly from the band and one ε, both from a generator
+    seeded by (seed, band), so the curve is reproducible and every band sees every image. x0: (N, C, H, W) in
+    [−1, 1]. Returns (band centres as the report's 1-based t, mean loss per band), two lists of floats.
+    """
+    edges = torch.linspace(0, schedule.T, bins + 1).round().long()
+    centres, losses = [], []
+    with eval_mode(model):
+        for b in range(bins):
+            g = torch.Generator().manual_seed(seed * 100_003 + b)
+            lo, hi = int(edges[b]), int(edges[b + 1])
+            t = torch.randint(lo, hi, (x0.shape[0],), generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            total = 0.0
+            for i in range(0, x0.shape[0], batch):
+                sl = slice(i, i + batch)
+                eps = predict_eps(model, q_sample(x0[sl], t[sl], noise[sl], schedule), t[sl])
+                total += float(((noise[sl] - eps) ** 2).flatten(1).mean(1).sum())
+            centres.append((lo + hi - 1) / 2 + 1)                              # report's t = index + 1
+            losses.append(total / x0.shape[0])
+    return centres, losses
+
+
+@print_styled
+def plot_loss_by_timestep(t: Sequence[float], loss: Sequence[float], title: str = "Loss by timestep",
+                          width: float = COLUMN_WIDTH):
+    """Mean L_simple per timestep band (loss_by_timestep) against the report's t, log scale. Returns the figure."""
+    fig, ax = plt.subplots(figsize=(width, 0.7 * width))
+    ax.plot(t, loss, "o-", ms=2.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("t (the report's, 1 … T)")
+    ax.set_ylabel(r"mean $\|\epsilon - \epsilon_\theta(x_t, t)\|^2$ per pixel")
+    ax.set_title(_wrap(title, width))
+    fig.tight_layout()
+    return fig

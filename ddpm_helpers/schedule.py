@@ -14,6 +14,7 @@ All terms are computed in float64 and stored as float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -124,3 +125,75 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         return f"NoiseSchedule({self.name}, T={self.T}, beta[0]={self.betas[0]:.2e}, beta[-1]={self.betas[-1]:.2e})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestep grids: which S of the T indices a few-step sampler (DDIM, DPM-Solver++) calls the model at
+# ---------------------------------------------------------------------------------------------
+SPACINGS = ("uniform", "linspace", "quadratic", "logsnr")
+
+
+def log_snr(schedule: NoiseSchedule) -> torch.Tensor:
+    """Half log signal-to-noise ratio λ_t = log(√ᾱ_t / √(1 − ᾱ_t)) at each index, float64, decreasing in t. (T,)"""
+    ab = schedule.alpha_bars.double()
+    return 0.5 * (ab.log() - (1 - ab).log())
+
+
+def timestep_grid(schedule_or_T, steps: int, spacing: str = "uniform") -> list[int]:
+    """The S = ``steps`` timestep indices τ a few-step sampler visits, descending, distinct, ending at index 0.
+
+    Every spacing (one name each; shared by DDIM and DPM-Solver++):
+      "uniform":   τ_i = ⌊i · T/S⌋, i = 0 … S−1 (DDIM paper App. D.2 "linear", its CelebA choice; its code's
+                   ``range(0, T, T // S)`` when S divides T): T = 1000, S = 50 → 980, 960, …, 20, 0.
+      "linspace":  S indices rounded from linspace(0, T − 1, S): 999, 979, 958, …, 0; it starts at the
+                   pure-noise end (index T − 1) like DDPM. For S = 1 its single index is T − 1 (one jump to x̂_0).
+      "quadratic": τ_i = ⌊(i · √(0.8 T)/(S − 1))²⌋ (DDIM paper App. D.2, its CIFAR-10 choice): dense near x_0.
+      "logsnr":    uniform in λ_t = log(√ᾱ_t/√(1 − ᾱ_t)) from λ_{T−1} to λ_0, each rounded to the index of
+                   nearest λ (DPM-Solver's "logSNR" steps, discretised); needs the schedule, not just T.
+    "quadratic" and "logsnr" can round several points to one index; they are made distinct by clamping the
+    k-th lowest into [k, T − S + k] and raising each to at least one above the one below it, so every spacing
+    gives exactly S distinct indices for any 1 ≤ S ≤ T (S = T gives every index).
+    Index 0 is the report's t = 1, the last model call; the sampler's last update then lands on x̂_0.
+    schedule_or_T: a NoiseSchedule, or T (an int) for every spacing but "logsnr". 1 ≤ S ≤ T.
+    """
+    schedule = schedule_or_T if isinstance(schedule_or_T, NoiseSchedule) else None
+    T = schedule.T if schedule is not None else int(schedule_or_T)
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be between 1 and T={T}, got {steps}")
+    if spacing == "uniform":
+        return [(i * T) // steps for i in range(steps)][::-1]
+    if spacing == "linspace":
+        if steps == 1:
+            return [T - 1]
+        return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()[::-1]
+    if steps == 1:
+        return [0]
+    if spacing == "quadratic":
+        rising = (torch.linspace(0, math.sqrt(0.8 * T), steps, dtype=torch.float64) ** 2).floor().long().tolist()
+    else:
+        if schedule is None:
+            raise ValueError("spacing 'logsnr' needs the noise schedule: pass the NoiseSchedule, not T")
+        lam = log_snr(schedule)
+        targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
+        rising = (lam[None, :] - targets[:, None]).abs().argmin(dim=1).flip(0).tolist()   # ascending t
+    rising = [min(max(r, k), T - steps + k) for k, r in enumerate(sorted(rising))]   # room for the rest
+    for k in range(1, steps):
+        rising[k] = max(rising[k], rising[k - 1] + 1)
+    return rising[::-1]
+
+
+def check_timesteps(timesteps: Sequence[int], T: int) -> list[int]:
+    """An explicit grid as a list of ints, or a one-line ValueError: it must be descending (strictly, so every
+    index is distinct), within 0 … T−1, and end at index 0 (a single index may be any one: one jump to x̂_0)."""
+    taus = [int(t) for t in timesteps]
+    if not taus:
+        raise ValueError("timesteps is empty; give at least one index")
+    if any(not 0 <= t < T for t in taus):
+        raise ValueError(f"timesteps must lie in 0..{T - 1}, got {taus}")
+    if any(a <= b for a, b in zip(taus, taus[1:])):
+        raise ValueError(f"timesteps must be strictly descending (no repeats), got {taus}")
+    if len(taus) > 1 and taus[-1] != 0:
+        raise ValueError(f"timesteps must end at index 0 (the report's t = 1), got last {taus[-1]}")
+    return taus

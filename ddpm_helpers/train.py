@@ -20,7 +20,7 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -120,7 +120,7 @@ class MetricsLog:
 # ---------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, resume: Union[str, bool, None] = None, device: Optional[str] = None,
           images: Optional[np.ndarray] = None, progress: bool = True, verbose: bool = True, *,
-          allow_data_change: bool = False) -> TrainResult:
+          allow_data_change: bool = False, on_step: Optional[Callable[[int], None]] = None) -> TrainResult:
     """Train ε_θ with L_simple = ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖² (Ho et al. Algorithm 1).
 
     cfg: a TrainConfig (see config.TRAIN_PRESETS). resume: True (latest checkpoint in cfg.out_dir),
@@ -130,12 +130,14 @@ def train(cfg: TrainConfig, resume: Union[str, bool, None] = None, device: Optio
     images: optional uint8 (N, H, W, C) array to train on instead of cfg.data.
     allow_data_change: resume even if the checkpoint was trained on other data (else DataChangedError).
     The run folder is locked for the duration (RunFolderBusyError if another training holds it).
+    on_step: called with the step number after every optimizer step (the ablation's overall progress bar).
     """
     dinfo = DistInfo()
     log = print if verbose and dinfo.is_main else (lambda msg: None)
     with sigterm_exits(), RunFolderLock(cfg.out_dir, enabled=dinfo.is_main, log=log):
         trainer = build_trainer(cfg, device=device, images=images, progress=progress, verbose=verbose)
         state.resume(trainer, resume, allow_data_change=allow_data_change)
+        trainer.on_step = on_step
         return trainer.run()
 
 
@@ -194,6 +196,7 @@ class Trainer:
         self.t_start = time.time()
         self.last_checkpoint: Optional[Path] = None
         self._saved_at = self._sampled_at = -1
+        self.on_step: Optional[Callable[[int], None]] = None
 
     # -- setup helpers ---------------------------------------------------------------------------
     def _make_batches(self, images: np.ndarray) -> BatchIterator:
@@ -250,7 +253,8 @@ class Trainer:
         """
         x0 = to_model_range(batch_uint8, self.device, channels_last=self.memory_format == torch.channels_last)
         with autocast(self.device, self.amp_dtype):
-            loss = training_loss(self.net, x0, self.schedule, generator=self.gen)   # draws t, then ε
+            loss = training_loss(self.net, x0, self.schedule, generator=self.gen,   # draws t, then ε (then ξ)
+                                 min_snr_gamma=self.cfg.min_snr_gamma, input_perturbation=self.cfg.input_perturbation)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
@@ -413,6 +417,8 @@ class Trainer:
                 window.add(loss, grad_norm)
                 bar.update(1)
                 self._after_step(window, metrics, bar)
+                if self.on_step is not None:
+                    self.on_step(self.step)
             bar.close()
             self._finish()
         self.log(f"[train] stopped at step {self.step} ({stop_reason}); checkpoint {self.last_checkpoint}")

@@ -11,12 +11,15 @@ Shape of the network for depth D (channels C_0 … C_D, by default C_l = base ·
                concat skip (C_{l−1}) → DoubleConv(2·C_{l−1} → C_{l−1})
     outc:      1×1 conv C_0 → out
 
-Each DoubleConv is conv3×3 → norm → act, then + the projected time embedding, then
+Each DoubleConv is conv3×3 → norm → act, then + the projected time embedding (``DoubleConv.add_time``), then
 conv3×3 → norm → act: the time embedding enters between the two convolutions at every depth.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -70,9 +73,19 @@ class DoubleConv(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.act1(self.norm1(self.conv1(x)))                  # (B, C_out, H, W)
-        h = h + self.time_proj(temb)[:, :, None, None]            # time enters between the convs
+        h = self.add_time(h, temb)                                # time enters between the convs
         h = self.act2(self.norm2(self.conv2(self.dropout(h))))    # (B, C_out, H, W)
         return h if self.skip is None else h + self.skip(x)
+
+    def add_time(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """The report's time injection: the embedding, projected to this block's channels, is added at every pixel.
+
+        h_{c,i,j} + (W · act(temb) + b)_c, with ``time_proj`` = act → Linear(T_dim → C_out): one shift per channel,
+        the same at every pixel, between the two convolutions of every block.
+        h: (B, C_out, H, W) (after the first conv, norm and act), temb: (B, T_dim) → (B, C_out, H, W).
+        :func:`replace_time_injection` swaps it in every block of a model (an ablation, or notebook 03's exercise).
+        """
+        return h + self.time_proj(temb)[:, :, None, None]         # (B, C_out) → (B, C_out, 1, 1), broadcast
 
 
 class SelfAttention(nn.Module):
@@ -166,6 +179,27 @@ class UNet(nn.Module):
         for up in self.ups:
             h = up(h, skips.pop(), temb)                       # (B, C_{l-1}, H/2^{l-1}, ...)
         return self.outc(h)                                    # (B, out_channels, H, W)
+
+
+InjectFn = Callable[[DoubleConv, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def replace_time_injection(model: nn.Module, inject: InjectFn) -> Iterator[nn.Module]:
+    """Within the block, every DoubleConv of model injects the time with ``inject(block, h, temb)`` instead of
+    :meth:`DoubleConv.add_time`; the blocks get their own method back afterwards. Weights are not touched.
+
+    inject receives the block (for its ``time_proj``), h: (B, C_out, H, W) and temb: (B, T_dim), and must
+    return the tensor the block's second convolution will see.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, DoubleConv)]
+    for block in blocks:
+        block.add_time = functools.partial(inject, block)   # an instance attribute shadows the method
+    try:
+        yield model
+    finally:
+        for block in blocks:
+            block.__dict__.pop("add_time", None)
 
 
 def check_image_size(size, depth: int) -> None:

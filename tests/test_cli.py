@@ -245,6 +245,14 @@ CASES = [
     ("kaggle no notebooks", [*KAGGLE[:-1], "{tmp}/empty"], _empty_folder, 2, ["--notebooks", "empty", "no notebooks"]),
     ("kaggle wrong repo", [*KAGGLE[:6], "{tmp}", *KAGGLE[7:]], None, 2, ["--repo-root", "ddpm_helpers/__init__.py"]),
     ("kaggle poll -1", [*KAGGLE, "--poll", "-1"], None, 2, ["--poll", "-1"]),
+    # ablate
+    ("ablate unknown variant", ["ablate", "--variants", "base,nope", "--out", "{out}"], None, 2, ["'nope'", "--list"]),
+    ("ablate seeds 0", ["ablate", "--seeds", "0", "--out", "{out}"], None, 2, ["--seeds", "0"]),
+    ("ablate budget below a batch", ["ablate", "--images", "10", "--out", "{out}"], None, 2,
+     ["--images 10", "too small"]),
+    ("ablate n above the held-out", ["ablate", "--data", "{data}", "--cache-dir", "{cache}", "--train-images", "16",
+                                     "--image-size", "16", "--n", "999", "--out", "{out}"], None, 2,
+     ["--n 999", "8 held-out"]),
 ]
 
 

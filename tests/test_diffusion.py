@@ -179,8 +179,8 @@ def test_ddim_timesteps_refuses_bad_counts_and_spacings():
         ddim_timesteps(10, 11)
     with pytest.raises(ValueError, match="between 1 and T=10"):
         ddim_timesteps(10, 0)
-    with pytest.raises(ValueError, match="unknown DDIM spacing 'quadratic'"):
-        ddim_timesteps(10, 5, spacing="quadratic")
+    with pytest.raises(ValueError, match="unknown timestep spacing 'bogus'"):
+        ddim_timesteps(10, 5, spacing="bogus")
 
 
 def test_training_loss_is_mse_of_the_noise():

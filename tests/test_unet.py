@@ -173,3 +173,44 @@ def test_trace_shapes_halves_going_down_and_doubles_coming_up():
                 + [(chs[l], 32 >> l) for l in reversed(range(D))] + [(3, 32)])
     assert [(r.shape[1], r.shape[2]) for r in rows] == expected
     assert [r.name for r in rows][:2] == ["inc", "down1"] and rows[D + 1].name == "bottleneck"
+
+
+def _old_double_conv(block, x, temb):
+    # DoubleConv.forward as it was written before add_time existed (the formula inline).
+    h = block.act1(block.norm1(block.conv1(x)))
+    h = h + block.time_proj(temb)[:, :, None, None]
+    h = block.act2(block.norm2(block.conv2(block.dropout(h))))
+    return h if block.skip is None else h + block.skip(x)
+
+
+@pytest.mark.parametrize("preset", sorted(UNET_PRESETS))
+def test_add_time_seam_keeps_every_number_and_every_state_dict_key(preset):
+    from ddpm_helpers.unet import replace_time_injection
+    model = UNet(_shrink(UNET_PRESETS[preset])).eval()
+    keys = list(model.state_dict())
+    assert sum(k.endswith("time_proj.1.weight") for k in keys) == 1 + 2 * model.cfg.depth   # one per block
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
+    with torch.no_grad():
+        new = model(x, t)
+        blocks = [m for m in model.modules() if isinstance(m, DoubleConv)]
+        for b in blocks:   # the pre-seam forward, bound per instance, for comparison
+            b.forward = lambda x, temb, b=b: _old_double_conv(b, x, temb)
+        old = model(x, t)
+        for b in blocks:
+            del b.forward
+    assert torch.equal(new, old)
+    with torch.no_grad(), replace_time_injection(model, lambda b, h, temb: h):   # no time at all
+        no_time = model(x, t)
+    assert not torch.allclose(no_time, new)
+    with torch.no_grad():
+        assert torch.equal(model(x, t), new)                       # every block has its own add_time back
+    assert list(model.state_dict()) == keys
+
+
+def test_add_time_adds_one_shift_per_channel_the_same_at_every_pixel():
+    cfg = UNetConfig(base_channels=4, depth=1, norm="group", groups=2, act="silu")
+    block = DoubleConv(3, 4, 16, cfg)
+    h, temb = torch.randn(2, 4, 5, 7), torch.randn(2, 16)
+    shift = block.add_time(h, temb) - h
+    expected = block.time_proj[1](torch.nn.functional.silu(temb))            # W · act(temb) + b, (B, C)
+    assert torch.allclose(shift, expected[:, :, None, None].expand_as(h), atol=1e-6)

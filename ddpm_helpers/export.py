@@ -1,0 +1,158 @@
+"""Share a trained model as a file that cannot run code: safetensors weights + the config as metadata.
+
+Taught in notebook 05 (sampling from the shipped model) and used by notebook 04's Kaggle output.
+
+A checkpoint (``ckpt_*.pt``) holds everything a run needs to resume exactly (optimizer, RNG states, EMA, data
+identity). To *share* a model only the weights and the model's config are needed. ``export_model`` writes them as a
+safetensors file: a JSON header and raw tensor bytes, which loads without unpickling anything, so a file made by
+someone else never runs code on the reader's machine. The header's metadata carries
+
+    format   "ddpm_helpers/safetensors/1"
+    config   the TrainConfig as JSON (machine paths removed: the data root and the run folder)
+    facts    JSON: step, images seen, training seconds, which weights (EMA or raw), anything passed as ``facts``
+
+The package ships one such file, ``ddpm_helpers/models/celeba32.safetensors`` (a small 32-px CelebA model), so
+that the trained-model cells of the notebooks show faces on any machine: :func:`shipped_model` loads it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from ._types import PathLike
+from .checkpoint import CheckpointError, config_from_dict, config_to_dict, latest_checkpoint, load_checkpoint
+from .config import TrainConfig
+from .schedule import NoiseSchedule
+from .unet import UNet
+
+FORMAT = "ddpm_helpers/safetensors/1"
+SUFFIX = ".safetensors"
+SHIPPED_DIR = Path(__file__).resolve().parent / "models"
+SHIPPED_NAME = "celeba32"
+
+
+def is_safetensors(path: PathLike) -> bool:
+    """True when ``path`` names a safetensors file (by its suffix)."""
+    return str(path).endswith(SUFFIX)
+
+
+def _shareable_config(cfg: TrainConfig) -> Dict[str, Any]:
+    """The config as a dict without the paths of the machine that trained it (data root, run folder, cache)."""
+    d = config_to_dict(cfg)
+    d["out_dir"] = Path(cfg.out_dir).name
+    d["data"] = {**d["data"], "root": None, "cache_dir": None}
+    return d
+
+
+def export_model(checkpoint: PathLike, out: PathLike, ema: bool = True,
+                 facts: Optional[Dict[str, Any]] = None) -> Path:
+    """Write the (EMA) weights of a checkpoint and its config to ``out`` as safetensors; returns the path.
+
+    ``checkpoint``: a checkpoint file or a run folder (its newest checkpoint). Non-finite weights are refused: a
+    diverged run is not worth sharing. The file is written atomically (a temporary name, then a rename).
+    """
+    out = Path(out)
+    if not is_safetensors(out):
+        raise CheckpointError(f"{out}: the exported file's name must end in {SUFFIX}")
+    path = latest_checkpoint(checkpoint)
+    if path is None:
+        raise CheckpointError(f"{checkpoint}: no checkpoint (ckpt_*.pt) there")
+    ckpt = load_checkpoint(path)
+    key = "ema" if ema and ckpt.get("ema") is not None else "model"
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in ckpt[key].items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinity (first: {bad[0]}); "
+                              "the run diverged: export an earlier checkpoint")
+    cfg = config_from_dict(ckpt["config"])
+    record = {"step": int(ckpt.get("step", 0)), "weights": key,
+              "images_seen": int(ckpt.get("step", 0)) * int(cfg.batch_size),
+              "training_seconds": round(float(ckpt.get("elapsed", 0.0)), 1),
+              "parameters": sum(v.numel() for v in state.values()), **(facts or {})}
+    metadata = {"format": FORMAT, "config": json.dumps(_shareable_config(cfg), sort_keys=True),
+                "facts": json.dumps(record, sort_keys=True)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        tmp.chmod(0o644)                                  # safetensors creates the file private to its owner
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def read_exported(path: PathLike) -> Tuple[Dict[str, torch.Tensor], TrainConfig, Dict[str, Any]]:
+    """Read an exported file without unpickling: (state_dict, TrainConfig, facts). Errors name the file."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: no such file") from e
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a ddpm_helpers export (metadata format {meta.get('format')!r}, "
+                              f"expected {FORMAT!r}); make one with `python -m ddpm_helpers export`")
+    try:
+        cfg = config_from_dict(json.loads(meta["config"]))
+        facts = json.loads(meta.get("facts", "{}"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config metadata is damaged ({e})") from e
+    return state, cfg, facts
+
+
+def load_exported(path: PathLike, device="cpu") -> Tuple[torch.nn.Module, NoiseSchedule, TrainConfig]:
+    """Load an exported model for sampling: (U-Net in eval mode on device, NoiseSchedule on device, TrainConfig)."""
+    state, cfg, _ = read_exported(path)
+    model = UNet(cfg.model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the saved model config: {str(e).splitlines()[0]}") from e
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinity (first: {bad[0]})")
+    return model.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion).to(device), cfg
+
+
+def shipped_model_path(name: str = SHIPPED_NAME) -> Path:
+    """Path of a model shipped inside the package (``ddpm_helpers/models/NAME.safetensors``)."""
+    path = SHIPPED_DIR / f"{name}{SUFFIX}"
+    if not path.is_file():
+        raise CheckpointError(f"no shipped model {name!r} at {path}; shipped: "
+                              f"{sorted(p.stem for p in SHIPPED_DIR.glob('*' + SUFFIX)) or 'none'}")
+    return path
+
+
+def shipped_model(device="cpu", name: str = SHIPPED_NAME) -> Tuple[torch.nn.Module, NoiseSchedule, TrainConfig]:
+    """The small trained model that ships with the package (32-px CelebA, EMA weights), loaded weights-only.
+
+    Returns (model, schedule, config) like :func:`ddpm_helpers.checkpoint.load_model`. Its training facts are in
+    :func:`shipped_model_facts`. Notebooks use it where no better model is at hand.
+    """
+    return load_exported(shipped_model_path(name), device=device)
+
+
+def shipped_model_facts(name: str = SHIPPED_NAME) -> Dict[str, Any]:
+    """The training facts stored with the shipped model (step, images seen, data, hold-out, SWD, command)."""
+    return read_exported(shipped_model_path(name))[2]
+
+
+def describe(facts: Dict[str, Any]) -> str:
+    """One line on a model's training, for a figure caption or a notebook print."""
+    minutes = facts.get("training_seconds", 0.0) / 60
+    parts = [f"step {facts.get('step', 0):,}", f"{facts.get('images_seen', 0):,} images seen"]
+    if minutes and math.isfinite(minutes):
+        parts.append(f"{minutes:.0f} min of training")
+    if facts.get("hardware"):
+        parts.append(f"on {facts['hardware']}")
+    return ", ".join(parts)
