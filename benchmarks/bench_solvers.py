@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import environment, markdown_table  # noqa: E402
 
+from ddpm_helpers.config import SAMPLER_NAMES as SAMPLERS  # noqa: E402
 from ddpm_helpers.data import from_model_range  # noqa: E402
-from ddpm_helpers.generate import SAMPLERS, SOLVER_ORDERS, default_spacing, generate  # noqa: E402
+from ddpm_helpers.generate import SOLVER_ORDERS, default_spacing, generate  # noqa: E402
 from ddpm_helpers.schedule import SPACINGS, NoiseSchedule  # noqa: E402
 from ddpm_helpers.swd import swd  # noqa: E402
 
