@@ -2,7 +2,7 @@
 
 Exercises that check themselves: a short task per cell, and a checker that says pass, or fail with a hint.
 
-Each notebook (01–05) ends with at least three exercises; the notebook calls each checker by its name:
+Each notebook (01–06) ends with at least three exercises; the notebook calls each checker by its name:
 
     def my_q_sample(x0, t, noise, schedule):
         ...                                  # the learner's answer; an empty body is "not attempted"
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import UNetConfig
-from .diffusion import ddim_step, p_sample, q_posterior_mean, q_sample
+from .diffusion import ddim_step, min_snr_weight, p_sample, perturbed_noise, q_posterior_mean, q_sample
 from .embeddings import sinusoidal_embedding
 from .oracle import GaussianOracle
 from .schedule import NoiseSchedule
@@ -928,4 +928,131 @@ register(Exercise(
              "the direction term points to x_{t_prev}: √(1 − ᾱ_prev) · ε, not √(1 − ᾱ_t) · ε"),
      Mistake("x_t instead of the predicted x_0", _ddim_with(use_x0=False),
              "first predict x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t, then scale that (not x_t) by √ᾱ_prev")),
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 06: what matters (the levers of the ablation and how to read its verdicts)
+# ---------------------------------------------------------------------------------------------
+def _min_snr_with(snr="variance", clamp="min", divide=True):
+    def answer(t, schedule, gamma):
+        ab = schedule.alpha_bars[t].double()
+        ratio = ab / (1 - ab) if snr == "variance" else ab.sqrt() / (1 - ab).sqrt()
+        capped = ratio.clamp(max=gamma) if clamp == "min" else ratio.clamp(min=gamma)
+        return capped / ratio if divide else capped
+    return answer
+
+
+def _check_min_snr(answer, gen, ex):
+    cases = [("the known case: linear schedule, t = 0, 100, 300, 999, γ = 5 (SNR ≈ 1e4, 9, 0.7, 4e-5)",
+              call_with(torch.tensor([0, 100, 300, 999]), NoiseSchedule.linear(1000), 5.0))]
+    for _ in range(2):
+        s = random_schedule(gen)
+        t = torch.randint(0, s.T, (_randint(gen, 4, 8),), generator=gen)
+        cases.append((f"a random schedule (T = {s.T})", call_with(t, s, _uniform(gen, 1.0, 10.0))))
+    compare(answer, ex, cases, "w_t = min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t): 1 where SNR_t ≤ γ.")
+
+
+register(Exercise(
+    6, "min_snr_weight",
+    "Write min_snr_weight(t, schedule, gamma) -> (B,), the Min-SNR-γ loss weight of the ε-loss (Hang et al. 2023): "
+    "w_t = min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1 − ᾱ_t). t: (B,) 0-based indices.",
+    _check_min_snr,
+    lambda t, schedule, gamma: min_snr_weight(t, schedule, gamma),
+    (Mistake("max instead of min", _min_snr_with(clamp="max"),
+             "the weight caps the SNR at γ: min(SNR_t, γ), so w_t ≤ 1 (max(SNR_t, γ) would boost the noisy steps)"),
+     Mistake("min(SNR, γ) not divided by SNR", _min_snr_with(divide=False),
+             "divide by SNR_t: min(SNR_t, γ) alone is the weight of an x_0-prediction loss; for the ε-loss "
+             "the weight is min(SNR_t, γ) / SNR_t"),
+     Mistake("SNR as a ratio of scales", _min_snr_with(snr="scale"),
+             "SNR_t is a ratio of variances, ᾱ_t / (1 − ᾱ_t), not of the scales √ᾱ_t / √(1 − ᾱ_t)")),
+))
+
+
+def _perturbed_with(where="noise", power=1, renormalise=False):
+    def answer(x0, t, noise, xi, delta, schedule):
+        if where == "after":
+            return q_sample(x0, t, noise, schedule) + delta * xi
+        eps = noise + delta ** power * xi
+        return q_sample(x0, t, eps / math.sqrt(1 + delta ** 2) if renormalise else eps, schedule)
+    return answer
+
+
+def _check_perturbed(answer, gen, ex):
+    lin = NoiseSchedule.linear(1000)
+    zeros, ones = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    cases = [("the known case x_0 = 0, ε = 0, ξ = 1, δ = 0.5, t = 499 (√(1 − ᾱ) = 0.96)",
+              call_with(zeros, torch.tensor([499, 499]), zeros, ones, 0.5, lin))]
+    for _ in range(2):
+        s, x0 = random_schedule(gen), _image(gen)
+        t = torch.randint(0, s.T, (x0.shape[0],), generator=gen)
+        cases.append((f"random x_0 {tuple(x0.shape)}, T = {s.T}",
+                      call_with(x0, t, torch.randn(x0.shape, generator=gen), torch.randn(x0.shape, generator=gen),
+                                _uniform(gen, 0.05, 0.5), s)))
+    compare(answer, ex, cases, "x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · (ε + δ · ξ).")
+
+
+register(Exercise(
+    6, "perturbed_xt",
+    "Write perturbed_xt(x0, t, noise, xi, delta, schedule) -> the x_t that input perturbation trains on (Ning et al. "
+    "2023): x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) (ε + δ ξ); the target stays ε. x0, noise, xi: (B, C, H, W); t: (B,).",
+    _check_perturbed,
+    lambda x0, t, noise, xi, delta, schedule: q_sample(x0, t, perturbed_noise(noise, xi, delta), schedule),
+    (Mistake("perturbation added after the scaling", _perturbed_with(where="after"),
+             "perturb the noise before it is scaled: ε + δ ξ goes inside √(1 − ᾱ_t) (…), so the perturbation "
+             "shrinks with the noise near the clean end"),
+     Mistake("delta squared", _perturbed_with(power=2),
+             "δ scales ξ (δ · ξ has standard deviation δ): it is a scale, not a variance, so do not square it"),
+     Mistake("renormalised noise", _perturbed_with(renormalise=True),
+             "do not renormalise ε + δ ξ to unit variance: the perturbed input is meant to be slightly noisier "
+             "than the forward process gives, as the sampler's own errors make it")),
+))
+
+
+def _verdict_with(sign=1, bound="max"):
+    def answer(base, variant):
+        diff = sign * (sum(variant) / len(variant) - sum(base) / len(base))
+        spreads = (max(base) - min(base), max(variant) - min(variant))
+        limit = {"max": max(spreads), "min": min(spreads), "none": 0.0}[bound]
+        return "no measurable effect" if abs(diff) <= limit else ("better" if diff < 0 else "worse")
+    return answer
+
+
+def _check_verdict(answer, gen, ex):
+    cases = [("base [30, 32], variant [27, 28]", [30.0, 32.0], [27.0, 28.0]),
+             ("base [30, 30.5], variant [30.2, 30.4]", [30.0, 30.5], [30.2, 30.4]),
+             ("base [30, 34], variant [29.5, 30.5]", [30.0, 34.0], [29.5, 30.5])]
+    for _ in range(3):
+        base = [round(_uniform(gen, 20, 40), 2) for _ in range(_randint(gen, 2, 4))]
+        variant = [round(_uniform(gen, 20, 40), 2) for _ in range(_randint(gen, 2, 4))]
+        cases.append((f"base {base}, variant {variant}", base, variant))
+    for label, base, variant in cases:
+        kind, got = _outcome(answer, call_with(list(base), list(variant)))
+        expected = ex.reference(base, variant)
+        if kind == "ok" and isinstance(got, str) and got.strip().lower() == expected:
+            continue
+        for m in ex.mistakes:
+            if kind == "ok" and isinstance(got, str) and got.strip().lower() == m.answer(base, variant):
+                raise Fail(m.hint)
+        if kind == "error":
+            raise Fail(f"your function raised {type(got).__name__} ({str(got)[:120]}) on {label}")
+        raise Fail(f"on {label} the verdict is {expected!r}, you said {got!r}: compare the difference of the mean "
+                   "SWDs with the larger of the two seed spreads (max − min); lower SWD is better")
+
+
+register(Exercise(
+    6, "ablation_verdict",
+    "Write verdict(base, variant) -> 'better', 'worse' or 'no measurable effect': base and variant are the SWDs of "
+    "their seeds (lists, lower is better). The protocol claims an effect only when the difference of the means "
+    "exceeds the larger of the two seed spreads (max − min).",
+    _check_verdict,
+    _verdict_with(),
+    (Mistake("higher SWD read as better", _verdict_with(sign=-1),
+             "SWD is a distance to the real faces: a LOWER SWD is better, so a variant below base is 'better'"),
+     Mistake("the smaller spread", _verdict_with(bound="min"),
+             "compare the difference with the LARGER of the two seed spreads: the smaller one lets seed noise "
+             "pass for an effect"),
+     Mistake("no spread at all", _verdict_with(bound="none"),
+             "any two runs differ a little: the difference must exceed the seed spread (max − min over seeds) "
+             "before it counts as an effect, else the verdict is 'no measurable effect'")),
 ))

@@ -14,7 +14,7 @@ NAMES = [ex.name for ex in EXERCISES]
 
 
 def test_at_least_three_exercises_per_notebook_with_unique_names_prompts_and_two_mistakes():
-    for nb in range(1, 6):
+    for nb in range(1, 7):
         assert len(list(E.all_exercises(nb))) >= 3, nb
     assert len(set(NAMES)) == len(NAMES)
     assert [ex.notebook for ex in EXERCISES] == sorted(ex.notebook for ex in EXERCISES)
@@ -99,10 +99,10 @@ def test_each_check_draws_fresh_inputs_and_leaves_the_global_random_state_alone(
 
 def test_a_later_notebook_registers_its_own_exercise(monkeypatch):
     monkeypatch.setattr(E, "_REGISTRY", dict(E._REGISTRY))
-    square = E.register(E.Exercise(6, "square", "square(x)", lambda ans, gen, ex: E.compare(
+    square = E.register(E.Exercise(7, "square", "square(x)", lambda ans, gen, ex: E.compare(
         ans, ex, [("x = 3", E.call_with(torch.tensor(3.0)))], "x²"), lambda x: x * x,
         (E.Mistake("doubled", lambda x: 2 * x, "you doubled x"),)))
-    assert [ex.name for ex in E.all_exercises(6)] == ["square"]
+    assert [ex.name for ex in E.all_exercises(7)] == ["square"]
     assert square.check(lambda x: x + x).message == "you doubled x" and square.check(lambda x: x ** 2).passed
     with pytest.raises(ValueError, match="already registered"):
         E.register(square)
@@ -126,7 +126,7 @@ def test_sampler_moments_follow_the_gaussian_recursion():
 
 
 def test_all_checks_take_a_few_seconds_per_notebook():
-    for nb in range(1, 6):
+    for nb in range(1, 7):
         start = time.process_time()   # CPU time: the shared machine's load does not count
         for ex in E.all_exercises(nb):
             ex.check(ex.solution(), seed=0)
@@ -140,3 +140,17 @@ def test_exercises_import_only_the_foundation_the_core_and_the_oracle():
     tree = ast.parse(Path(E.__file__).read_text())
     own = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
     assert own <= {"config", "schedule", "embeddings", "unet", "diffusion", "oracle"}, own
+
+
+def test_notebook_06_exercises_pin_the_equations():
+    lin = NoiseSchedule.linear(1000)
+    t = torch.tensor([0, 999])
+    w = E.get("min_snr_weight").solution()(t, lin, 5.0)
+    snr0 = (1 - 1e-4) / 1e-4                                      # ᾱ_0 = 1 − β_0 exactly
+    assert math.isclose(float(w[0]), 5.0 / float(snr0), rel_tol=1e-4) and float(w[1]) == 1.0   # min(SNR, γ)/SNR
+    x = E.get("perturbed_xt").solution()(torch.zeros(1, 1, 1, 1), torch.tensor([499]), torch.zeros(1, 1, 1, 1),
+                                         torch.ones(1, 1, 1, 1), 0.5, lin)
+    assert math.isclose(float(x), 0.5 * float((1 - lin.alpha_bars[499]).sqrt()), rel_tol=1e-5)  # √(1−ᾱ)·δ·ξ
+    verdict = E.get("ablation_verdict").solution()
+    assert verdict([30, 32], [27, 28]) == "better" and verdict([27, 28], [30, 32]) == "worse"
+    assert verdict([30, 34], [29.5, 30.5]) == "no measurable effect"            # |−2| ≤ the larger spread, 4
