@@ -405,19 +405,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
         try:
             swd = swd_of_sample_folder(args.samples, meta, reference, root=args.data, n=args.swd_n, seed=args.seed)
             print(swd)
-        except DDPMError as e:    # e.g. no held-out images: FID and KID can still run
-            print(f"note: no SWD: {e} (--no-swd skips it)", file=sys.stderr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
-        result = evaluate_sample_folder(args.samples, reference, n_fake=args.n_fake, device=args.device,
-                                        feature=args.feature, kid_subset_size=args.kid_subset_size,
-                                        kid_subsets=args.kid_subsets, batch_size=args.batch_size, seed=args.seed,
-                                        inception_weights=args.inception_weights, progress=True)
-    print(result)
+        except DDPMError as e:    # e.g. no held-out images: FID and KID can still run (the full reason once, below)
+            print(f"note: no SWD: {str(e).splitlines()[0]} (--no-swd skips it)", file=sys.stderr)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+            result = evaluate_sample_folder(args.samples, reference, n_fake=args.n_fake, device=args.device,
+                                            feature=args.feature, kid_subset_size=args.kid_subset_size,
+                                            kid_subsets=args.kid_subsets, batch_size=args.batch_size, seed=args.seed,
+                                            inception_weights=args.inception_weights, progress=True)
+    except DataNotFoundError as e:
+        if swd is None:           # no number at all: the whole "where to get CelebA" message, once
+            raise
+        print(f"note: no FID/KID: {str(e).splitlines()[0]} They compare with CelebA; the SWD above needs no "
+              "download (--data DIR points at CelebA).", file=sys.stderr)
+        result = None
+    if result is not None:
+        print(result)
     if args.json:
-        write_json(args.json, {**result.as_dict(), "samples": str(args.samples), "checkpoint": meta.get("checkpoint"),
-                               "swd": swd.as_dict() if swd is not None else None})
+        write_json(args.json, {**(result.as_dict() if result is not None else {}), "samples": str(args.samples),
+                               "checkpoint": meta.get("checkpoint"), "swd": swd.as_dict() if swd is not None else None})
     return 0
 
 

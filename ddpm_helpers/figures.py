@@ -46,6 +46,7 @@ from .checkpoint import load_checkpoint, load_model
 from .config import FIGURE_PARTS, TRAIN_PRESETS, derive_seed
 from .data import offline_faces, prepare_images
 from .diffusion import ddim_sample, ddim_timesteps, ddpm_sample
+from .errors import DDPMError
 from .files import atomic_open, write_json
 from .generate import generate, initial_noise, resolve_checkpoint
 from .images import image_grid, to_unit_range, unit_to_uint8, write_grid
@@ -332,8 +333,9 @@ def training_images(cfg, ckpt: Dict[str, Any], data_root: Optional[PathLike] = N
     Raises data.DataNotFoundError when they are not on this machine, ValueError when they cannot be told.
     """
     described = str(ckpt.get("data") or "")
-    if described.startswith("offline LFW"):
-        faces = offline_faces(cfg.data.image_size, cfg.data.channels)
+    if described.startswith("offline LFW"):   # the train part, or all 100 for a run made before the split
+        part = "train" if (ckpt.get("data_identity") or {}).get("heldout") else "all"
+        faces = offline_faces(cfg.data.image_size, cfg.data.channels, part=part)
         return faces, described
     if "given directly" in described:
         raise ValueError("the run was given its images in Python (train(images=...)); they are not recorded")
@@ -381,8 +383,9 @@ def _data_figures(d: _Drawer, samples: torch.Tensor, data_root: Optional[PathLik
     heldout, held_desc = None, ""
     try:
         heldout, held_desc = heldout_images(dataclasses.replace(d.cfg.data, root=str(data_root) if data_root else
-                                                                d.cfg.data.root))
-    except (DataNotFoundError, ValueError, OSError) as e:
+                                                                d.cfg.data.root),
+                                            identity=d.ckpt.get("data_identity"))
+    except (DDPMError, ValueError, OSError) as e:
         d.skip("swd", f"no held-out real images ({str(e).splitlines()[0]})")
     _nearest_figure(d, queries, pool, dist, idx, heldout, len(train), train_desc)
     if heldout is not None:
