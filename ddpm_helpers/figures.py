@@ -142,6 +142,10 @@ def run_facts(path: Path, ckpt: Dict[str, Any], cfg, opts: FigureOptions, device
     }
 
 
+# DDPM's reverse variance, as a caption writes it
+VARIANCE_TEXT = {"beta": "σ_t² = β_t", "posterior": "σ_t² = β̃_t, the posterior variance"}
+
+
 def facts_sentence(f: Dict[str, Any]) -> str:
     """One sentence naming the model behind a figure."""
     seconds = f["training_seconds"]
@@ -263,7 +267,8 @@ class _Drawer:
             fig = plotting.plot_image_rows(rows, cols, scale=plotting.PAGE_WIDTH / k)
         self.add("ddpm_vs_ddim", _save(fig, self.out, self.name("ddpm_vs_ddim")),
                  f"The same {k} starting noises x_T (columns) through DDPM with all {self.T} steps "
-                 f"(σ_t² = {self.cfg.diffusion.variance}) and DDIM (η = 0) with "
+                 f"({VARIANCE_TEXT.get(self.cfg.diffusion.variance, self.cfg.diffusion.variance)}) and DDIM "
+                 "(η = 0) with "
                  f"{', '.join(r.split(chr(10))[1] for r in rows if r.startswith('DDIM'))}. "
                  "DDIM rows share x_T and no other randomness, so they agree with each other; DDPM adds fresh noise "
                  "at every step and draws other faces.")
@@ -453,6 +458,10 @@ def draw_figures(checkpoint: PathLike, out_dir: PathLike, prefix: str = "", n: O
     d.result.facts.update(run_facts(path, d.ckpt, d.cfg, opts, device, ema, trained_on))
     d.log(f"[figures] {path} → {out}/{prefix}*: {facts_sentence(d.result.facts)}")
     with_data = opts.data and "data" in parts
+    if device.type == "cpu" and not quick:
+        d.log(f"[figures] on a CPU this takes minutes (about 4–5 min for the 32 px main-job model on 2 cores: "
+              f"{max(opts.n, opts.swd_n if with_data else 0)} samples, the sampler comparison and the reverse-process "
+              "GIF); --quick draws a preview in seconds, --only picks parts")
     if "samples" in parts or with_data:
         samples = d.samples(max(opts.n, opts.swd_n) if with_data else opts.n)
         if "samples" in parts:
@@ -505,8 +514,12 @@ def _write_sidecars(d: _Drawer, opts: FigureOptions, parts: Sequence[str] = FIGU
     if set(parts) != set(FIGURE_PARTS):
         record = _merged(record, r.json_path)
     write_json(r.json_path, record)
-    lines = [f"# Figures from {r.facts['checkpoint']}", ""]
-    lines += [f"**{', '.join(record['files'][k])}**: {text}\n" for k, text in record["captions"].items()]
+    checkpoint = Path(r.facts["checkpoint"])
+    lines = [f"# Figures from {checkpoint.parent.name}/{checkpoint.name}", "",
+             f"Every figure below shows this model. {model} (To paste one caption on its own, take it from "
+             f"{r.json_path.name}: there each caption ends with this paragraph.)", ""]
+    lines += [f"**{', '.join(record['files'][k])}**: {text[:-len(model)].rstrip() if text.endswith(model) else text}\n"
+              for k, text in record["captions"].items()]
     if record["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{k} ({why})" for k, why in record["skipped"].items()), ""]
     r.captions_path = d.out / d.name("captions.md")

@@ -509,7 +509,7 @@ def test_prepare_images_caches_celeba_under_a_settings_name(isolated):
 def test_prepare_images_falls_back_to_offline_faces(isolated):
     cfg = DataConfig(image_size=16, channels=3, cache_dir=str(isolated / "cache"))
     images, description = prepare_images(cfg, kaggle_input=isolated / "input", progress=False)
-    assert images.shape == (100, 16, 16, 3) and "offline LFW" in description
+    assert images.shape == (80, 16, 16, 3) and "offline LFW" in description and "other 20 held out" in description
     with pytest.raises(DataNotFoundError):
         prepare_images(DataConfig(offline_fallback=False), kaggle_input=isolated / "input")
     with pytest.raises(DataNotFoundError, match="typo"):  # an explicit wrong path is never silently replaced

@@ -469,3 +469,13 @@ def test_progress_bar_follows_the_time_budget(monkeypatch):
     Trainer._retarget(trainer, bar)
     assert bar.total == 6000 and "budget" not in bar.desc
     bar.close()
+
+
+def test_a_run_on_all_100_offline_faces_is_refused_with_its_own_advice():
+    """Runs made before 20 offline faces were held out trained on all 100: resuming names that and the two ways on."""
+    old = {"kind": "offline", "count": 100, "fingerprint": "a", "image_size": 32, "channels": 1}
+    new = {**old, "count": 80, "fingerprint": "b", "heldout": 20}
+    with pytest.raises(ck.DataChangedError, match="before 20 of the offline faces were held out"):
+        ck.check_same_data({"data_identity": old}, new)
+    with pytest.raises(ck.DataChangedError, match="Point --data"):               # other data: the usual advice
+        ck.check_same_data({"data_identity": {**old, "kind": "celeba"}}, {**new, "kind": "celeba"})
