@@ -597,10 +597,10 @@ def test_model_range_mapping_is_exact():
 def _shared(name: str) -> Path:
     base = os.environ.get("DDPM_SHARED_DATA")
     if not base:
-        pytest.skip("real data: set DDPM_SHARED_DATA to the shared/data folder (.ci/run does)")
+        pytest.skip("needs real CelebA test images, which a clone does not include")
     folder = Path(base) / name
     if not folder.is_dir():
-        pytest.skip(f"real data: {folder} is absent")
+        pytest.skip(f"needs real CelebA test images: {folder.name} is absent")
     return folder
 
 
