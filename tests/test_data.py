@@ -659,3 +659,20 @@ def test_names_that_moved_still_import_from_their_old_module_with_a_warning():
     with pytest.raises(AttributeError):
         _ = data.no_such_name
     assert CROP_NAMES == tuple(CROPS)   # the flags' names are the crop table's keys
+
+
+def test_a_missing_optional_package_is_one_line_saying_what_to_install(monkeypatch, tmp_path, capsys):
+    """Without scikit-image the offline faces, and so the default job, end in one 'pip install' line (exit 2), never
+    in 'this is a bug'."""
+    import sys
+
+    from ddpm_helpers.cli import main
+    from ddpm_helpers.errors import MissingDependencyError
+    monkeypatch.setitem(sys.modules, "skimage.data", None)                  # import skimage.data now fails
+    with pytest.raises(MissingDependencyError, match="pip install scikit-image"):
+        offline_faces(16, 1)
+    monkeypatch.delenv("CELEBA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "smoke", "--out", "run", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the offline faces need scikit-image, which is not installed: pip install scikit-image"]
