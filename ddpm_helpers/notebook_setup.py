@@ -220,8 +220,8 @@ def small_training_config(run: Run, out_name: str, environ: Optional[Mapping[str
     """The training configuration notebooks 04 and 05 share in their small (CPU, CI) mode.
 
     Data: 500 of the 5,000 half-size CelebA images when $DDPM_SHARED_DATA holds them (CI), else CelebA
-    itself when it was found (a machine without a GPU, or the Kaggle stand-in), else the 100 offline LFW
-    faces (grayscale); 16 px. Model and optimiser: the ``cpu`` preset's; 800 steps or 45 s, one CPU thread.
+    itself when it was found (a machine without a GPU, or the Kaggle stand-in), else 80 of the offline LFW
+    faces (grayscale; 20 held out); 16 px. Model and optimiser: the ``cpu`` preset's; 800 steps or 45 s, one CPU thread.
     $DDPM_SMALL_MAX_STEPS lowers the step count (the Kaggle stand-in's budget; announced when used). The
     two notebooks call this with different ``out_name`` and otherwise the same settings, so 05 can reuse 04's
     checkpoint. The image cache goes where cache.cache_dir_for says (reused from a previous Kaggle version).
