@@ -220,7 +220,11 @@ def check_same_data(ckpt: Dict[str, Any], identity: Dict[str, Any], path: PathLi
     raise DataChangedError(
         f"{path} was trained on other data than this run would use:\n  " + "\n  ".join(diffs)
         + f"\n  (checkpoint data: {saved.get('source')}; this run: {identity.get('source')})"
-        + "\nPoint --data at the run's data, or pass --allow-data-change to continue on this data anyway.")
+        + ("\nThe run was made before 20 of the offline faces were held out for evaluate: start a new run (another "
+           "--out), or pass --allow-data-change to continue on the first 80 (its evaluate numbers then compare "
+           "with faces it once saw)."
+           if saved.get("kind") == identity.get("kind") == "offline" and not saved.get("heldout") else
+           "\nPoint --data at the run's data, or pass --allow-data-change to continue on this data anyway."))
 
 
 def load_model(path: PathLike, ema: bool = True, device="cpu") -> Tuple[torch.nn.Module, NoiseSchedule, TrainConfig]:

@@ -271,14 +271,33 @@ def _data_location(cfg) -> Optional[str]:
         return None
 
 
+def program_name() -> str:
+    """'ddpm' when this process is the installed ``ddpm`` script, else 'python -m ddpm_helpers' (usage lines)."""
+    return "ddpm" if Path(sys.argv[0]).stem == "ddpm" else "python -m ddpm_helpers"
+
+
+def invocation() -> str:
+    """How to start this program again from a new shell, as it was started now: ``ddpm``, or this interpreter's
+    absolute path with ``-m ddpm_helpers`` (a bare ``python`` may be another one, without torch), preceded by
+    ``cd`` to the clone when the package is imported from one rather than installed."""
+    if program_name() == "ddpm":
+        return "ddpm"
+    command = f"{shlex.quote(sys.executable)} -m ddpm_helpers"
+    parent = Path(__file__).resolve().parent.parent
+    if parent.name not in ("site-packages", "dist-packages"):
+        command = f"cd {shlex.quote(str(parent))} && {command}"
+    return command
+
+
 def continue_command(args: argparse.Namespace, preset: str, cfg) -> str:
-    """The shell command that continues this run exactly: every flag that was given (paths absolute), the data
-    pinned (--data, --image-size, --max-images, --cache-dir as resolved), and --resume."""
+    """The shell command that continues this run exactly, runnable in a new shell (see invocation): every flag
+    that was given (paths absolute), the data pinned (--data, --image-size, --max-images, --cache-dir as
+    resolved), and --resume."""
     pinned = {"preset": preset, "out": cfg.out_dir, "data": _data_location(cfg), "image_size": cfg.data.image_size,
               "max_images": cfg.data.max_images, "cache_dir": cfg.data.cache_dir}
     parser = Parser()
     add_train_arguments(parser)
-    words = ["python", "-m", "ddpm_helpers", "train"]
+    words = ["train"]
     for action in parser._actions:
         dest = action.dest
         if not action.option_strings or dest in ("help", "resume", "allow_data_change"):
@@ -289,7 +308,7 @@ def continue_command(args: argparse.Namespace, preset: str, cfg) -> str:
         if dest in PATH_FLAGS:
             value = str(Path(value).expanduser().resolve())
         words += [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
-    return " ".join(shlex.quote(w) for w in words + ["--resume"])
+    return invocation() + " " + " ".join(shlex.quote(w) for w in words + ["--resume"])
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -405,19 +424,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
         try:
             swd = swd_of_sample_folder(args.samples, meta, reference, root=args.data, n=args.swd_n, seed=args.seed)
             print(swd)
-        except DDPMError as e:    # e.g. no held-out images: FID and KID can still run
-            print(f"note: no SWD: {e} (--no-swd skips it)", file=sys.stderr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
-        result = evaluate_sample_folder(args.samples, reference, n_fake=args.n_fake, device=args.device,
-                                        feature=args.feature, kid_subset_size=args.kid_subset_size,
-                                        kid_subsets=args.kid_subsets, batch_size=args.batch_size, seed=args.seed,
-                                        inception_weights=args.inception_weights, progress=True)
-    print(result)
+        except DDPMError as e:    # e.g. no held-out images: FID and KID can still run (the full reason once, below)
+            print(f"note: no SWD: {str(e).splitlines()[0]} (--no-swd skips it)", file=sys.stderr)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+            result = evaluate_sample_folder(args.samples, reference, n_fake=args.n_fake, device=args.device,
+                                            feature=args.feature, kid_subset_size=args.kid_subset_size,
+                                            kid_subsets=args.kid_subsets, batch_size=args.batch_size, seed=args.seed,
+                                            inception_weights=args.inception_weights, progress=True)
+    except DataNotFoundError as e:
+        if swd is None:           # no number at all: the whole "where to get CelebA" message, once
+            raise
+        print(f"note: no FID/KID: {str(e).splitlines()[0]} They compare with CelebA; the SWD above needs no "
+              "download (--data DIR points at CelebA).", file=sys.stderr)
+        result = None
+    if result is not None:
+        print(result)
     if args.json:
-        write_json(args.json, {**result.as_dict(), "samples": str(args.samples), "checkpoint": meta.get("checkpoint"),
-                               "swd": swd.as_dict() if swd is not None else None})
+        write_json(args.json, {**(result.as_dict() if result is not None else {}), "samples": str(args.samples),
+                               "checkpoint": meta.get("checkpoint"), "swd": swd.as_dict() if swd is not None else None})
     return 0
 
 
@@ -584,7 +611,7 @@ DEBUG_HELP = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
 
 def build_parser() -> Parser:
     """The parser of every subcommand (from COMMANDS); each sets args.run to its run function."""
-    parser = Parser(prog="python -m ddpm_helpers", description=__doc__.splitlines()[0])
+    parser = Parser(prog=program_name(), description=__doc__.splitlines()[0].replace("``", "`"))
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(c[0] for c in COMMANDS) + "}")
     for name, help_text, add_arguments, run in COMMANDS:

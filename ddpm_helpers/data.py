@@ -6,8 +6,9 @@ decoded once) → ``BatchIterator`` (deterministic, resumable uint8 batches (B, 
 flips) → ``images.to_model_range`` (float32 in [-1, 1] on the training device).
 
 ``prepare_images(cfg)`` is the one-call entry point (``prepare_training_data`` adds the data's identity,
-recorded in checkpoints). When CelebA is absent it falls back to ``offline_faces()``: 100 real LFW faces
-shipped inside scikit-image, so the project trains with no download.
+recorded in checkpoints). When CelebA is absent it falls back to ``offline_faces(part="train")``: the first 80
+of the 100 real LFW faces shipped inside scikit-image, so the project trains with no download; the last 20
+(``part="heldout"``) are never trained on and are the reference of ``evaluate`` and ``figures`` (SWD).
 
 Crops are defined in config.CROPS, in the coordinates of a full-size aligned CelebA image (178 wide × 218
 high), and scaled in proportion for other sizes by celeba.crop_box.
@@ -37,6 +38,7 @@ from .celeba import (
     list_images,
 )
 from .config import DataConfig, derive_seed
+from .errors import MissingDependencyError
 
 # Names that lived here (or were re-exported here) before issue 19: see moved_names.
 __getattr__ = moved_names(__name__, {
@@ -57,19 +59,29 @@ def _lfw_faces() -> np.ndarray:
     """The 100 LFW faces of scikit-image as stored: uint8 (100, 25, 25)."""
     try:
         from skimage.data import lfw_subset  # optional: scikit-image, only for the offline faces
-    except ImportError as exc:
-        raise ImportError("offline_faces needs scikit-image: pip install scikit-image "
-                          "(or this package's 'offline' extra)") from exc
+    except ImportError:
+        raise MissingDependencyError("the offline faces need scikit-image, which is not installed: "
+                                     "pip install scikit-image") from None
     return np.round(lfw_subset()[:100] * 255.0).astype(np.uint8)   # float in [0, 1] → uint8
 
 
-def offline_faces(image_size: int = 32, channels: int = 1) -> np.ndarray:
+# The offline faces' fixed split: a run trains on the first 80 and never sees the last 20, which evaluate and
+# figures score against when CelebA is not here (runs made before this split trained on all 100).
+OFFLINE_HELDOUT = 20
+OFFLINE_PARTS = {"all": slice(None), "train": slice(None, -OFFLINE_HELDOUT), "heldout": slice(-OFFLINE_HELDOUT, None)}
+
+
+def offline_faces(image_size: int = 32, channels: int = 1, part: str = "all") -> np.ndarray:
     """The 100 LFW faces bundled with scikit-image (no download), resized to image_size.
 
-    Returns uint8 (100, image_size, image_size, channels); channels=3 replicates the gray channel.
+    part: "all" (100), "train" (the first 100 − OFFLINE_HELDOUT, what the offline run trains on) or "heldout"
+    (the last OFFLINE_HELDOUT, never trained on). Returns uint8 (N, image_size, image_size, channels);
+    channels=3 replicates the gray channel.
     """
+    if part not in OFFLINE_PARTS:
+        raise ValueError(f"part must be one of {sorted(OFFLINE_PARTS)}, got {part!r}")
     check_settings("ddim_128", image_size, channels)
-    faces = _lfw_faces()                                            # (100, 25, 25) uint8
+    faces = _lfw_faces()[OFFLINE_PARTS[part]]                       # (N, 25, 25) uint8
     resized = np.stack([np.asarray(Image.fromarray(f).resize((image_size, image_size), Image.Resampling.BILINEAR))
                         for f in faces])  # (100, S, S)
     return np.repeat(resized[..., None], channels, axis=-1)
@@ -131,16 +143,18 @@ def prepare_training_data(cfg: DataConfig, images: Optional[np.ndarray] = None,
     explicit, _ = _explicit_root(cfg.root)
     try:
         location = find_celeba(cfg.root, kaggle_input)
-    except DataNotFoundError as exc:
+    except DataNotFoundError:
         if explicit is not None or not cfg.offline_fallback:
             raise
-        logger.warning("CelebA not found; training on the 100 offline LFW faces instead.\n%s", exc)
-        faces = offline_faces(cfg.image_size, cfg.channels)
+        logger.warning("CelebA images were not found, so this run trains on the offline LFW faces (for CelebA: pass "
+                       "--data DIR, or see the README's \"Training on CelebA\").")
+        faces = offline_faces(cfg.image_size, cfg.channels, part="train")
         return TrainingData(faces, f"offline LFW faces (skimage.data.lfw_subset, 25×25 grayscale → {cfg.image_size} "
-                            f"px, {cfg.channels} channel{'s' if cfg.channels > 1 else ''}), {len(faces)} images: a "
-                            "tiny stand-in because CelebA was not found",
+                            f"px, {cfg.channels} channel{'s' if cfg.channels > 1 else ''}), {len(faces)} images (the "
+                            f"other {OFFLINE_HELDOUT} held out): a tiny stand-in because CelebA was not found",
                             {**_array_identity(faces, "offline", "offline LFW faces (skimage.data.lfw_subset)"),
-                             "fingerprint": array_fingerprint(_lfw_faces())})   # the source, not PIL's resize
+                             "fingerprint": array_fingerprint(_lfw_faces()[OFFLINE_PARTS["train"]]),  # the source
+                             "heldout": OFFLINE_HELDOUT})
     paths = list_images(location, cfg.split)
     if cfg.max_images is not None:
         paths = paths[:cfg.max_images]

@@ -14,3 +14,7 @@ class DDPMError(Exception):
 
 class ConfigError(DDPMError, ValueError):
     """A flag or config field out of range; the message names the flag, the value and what would work."""
+
+
+class MissingDependencyError(DDPMError, ImportError):
+    """An optional package one feature needs is not installed; the message is one line: what to pip install."""

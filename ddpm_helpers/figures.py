@@ -46,6 +46,7 @@ from .checkpoint import load_checkpoint, load_model
 from .config import FIGURE_PARTS, TRAIN_PRESETS, derive_seed
 from .data import offline_faces, prepare_images
 from .diffusion import ddim_sample, ddim_timesteps, ddpm_sample
+from .errors import DDPMError
 from .files import atomic_open, write_json
 from .generate import generate, initial_noise, resolve_checkpoint
 from .images import image_grid, to_unit_range, unit_to_uint8, write_grid
@@ -139,6 +140,10 @@ def run_facts(path: Path, ckpt: Dict[str, Any], cfg, opts: FigureOptions, device
         "drawn_on": machine_description(device), "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+# DDPM's reverse variance, as a caption writes it
+VARIANCE_TEXT = {"beta": "σ_t² = β_t", "posterior": "σ_t² = β̃_t, the posterior variance"}
 
 
 def facts_sentence(f: Dict[str, Any]) -> str:
@@ -262,7 +267,8 @@ class _Drawer:
             fig = plotting.plot_image_rows(rows, cols, scale=plotting.PAGE_WIDTH / k)
         self.add("ddpm_vs_ddim", _save(fig, self.out, self.name("ddpm_vs_ddim")),
                  f"The same {k} starting noises x_T (columns) through DDPM with all {self.T} steps "
-                 f"(σ_t² = {self.cfg.diffusion.variance}) and DDIM (η = 0) with "
+                 f"({VARIANCE_TEXT.get(self.cfg.diffusion.variance, self.cfg.diffusion.variance)}) and DDIM "
+                 "(η = 0) with "
                  f"{', '.join(r.split(chr(10))[1] for r in rows if r.startswith('DDIM'))}. "
                  "DDIM rows share x_T and no other randomness, so they agree with each other; DDPM adds fresh noise "
                  "at every step and draws other faces.")
@@ -332,8 +338,9 @@ def training_images(cfg, ckpt: Dict[str, Any], data_root: Optional[PathLike] = N
     Raises data.DataNotFoundError when they are not on this machine, ValueError when they cannot be told.
     """
     described = str(ckpt.get("data") or "")
-    if described.startswith("offline LFW"):
-        faces = offline_faces(cfg.data.image_size, cfg.data.channels)
+    if described.startswith("offline LFW"):   # the train part, or all 100 for a run made before the split
+        part = "train" if (ckpt.get("data_identity") or {}).get("heldout") else "all"
+        faces = offline_faces(cfg.data.image_size, cfg.data.channels, part=part)
         return faces, described
     if "given directly" in described:
         raise ValueError("the run was given its images in Python (train(images=...)); they are not recorded")
@@ -381,8 +388,9 @@ def _data_figures(d: _Drawer, samples: torch.Tensor, data_root: Optional[PathLik
     heldout, held_desc = None, ""
     try:
         heldout, held_desc = heldout_images(dataclasses.replace(d.cfg.data, root=str(data_root) if data_root else
-                                                                d.cfg.data.root))
-    except (DataNotFoundError, ValueError, OSError) as e:
+                                                                d.cfg.data.root),
+                                            identity=d.ckpt.get("data_identity"))
+    except (DDPMError, ValueError, OSError) as e:
         d.skip("swd", f"no held-out real images ({str(e).splitlines()[0]})")
     _nearest_figure(d, queries, pool, dist, idx, heldout, len(train), train_desc)
     if heldout is not None:
@@ -450,6 +458,10 @@ def draw_figures(checkpoint: PathLike, out_dir: PathLike, prefix: str = "", n: O
     d.result.facts.update(run_facts(path, d.ckpt, d.cfg, opts, device, ema, trained_on))
     d.log(f"[figures] {path} → {out}/{prefix}*: {facts_sentence(d.result.facts)}")
     with_data = opts.data and "data" in parts
+    if device.type == "cpu" and not quick:
+        d.log(f"[figures] on a CPU this takes minutes (about 4–5 min for the 32 px main-job model on 2 cores: "
+              f"{max(opts.n, opts.swd_n if with_data else 0)} samples, the sampler comparison and the reverse-process "
+              "GIF); --quick draws a preview in seconds, --only picks parts")
     if "samples" in parts or with_data:
         samples = d.samples(max(opts.n, opts.swd_n) if with_data else opts.n)
         if "samples" in parts:
@@ -502,8 +514,12 @@ def _write_sidecars(d: _Drawer, opts: FigureOptions, parts: Sequence[str] = FIGU
     if set(parts) != set(FIGURE_PARTS):
         record = _merged(record, r.json_path)
     write_json(r.json_path, record)
-    lines = [f"# Figures from {r.facts['checkpoint']}", ""]
-    lines += [f"**{', '.join(record['files'][k])}**: {text}\n" for k, text in record["captions"].items()]
+    checkpoint = Path(r.facts["checkpoint"])
+    lines = [f"# Figures from {checkpoint.parent.name}/{checkpoint.name}", "",
+             f"Every figure below shows this model. {model} (To paste one caption on its own, take it from "
+             f"{r.json_path.name}: there each caption ends with this paragraph.)", ""]
+    lines += [f"**{', '.join(record['files'][k])}**: {text[:-len(model)].rstrip() if text.endswith(model) else text}\n"
+              for k, text in record["captions"].items()]
     if record["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{k} ({why})" for k, why in record["skipped"].items()), ""]
     r.captions_path = d.out / d.name("captions.md")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -122,6 +123,12 @@ def _to_device(model: nn.Module, schedule: NoiseSchedule, device) -> Tuple[torch
 
 
 @torch.no_grad()
+def _inner(progress: bool) -> bool:
+    """The per-step bar under a batch bar: only on a terminal, where tqdm can redraw two lines; in a log or a
+    notebook's captured output its cursor moves would leave ``[A`` residue, so only the outer bar shows."""
+    return progress and sys.stderr.isatty()
+
+
 def sample_batch(model: nn.Module, schedule: NoiseSchedule, start: int, count: int, shape: Sequence[int],
                  sampler: str = "ddim", steps: int = 50, eta: float = 0.0, variance: str = "beta", seed: int = 0,
                  device=None, progress: bool = False, spacing: Optional[str] = None) -> torch.Tensor:
@@ -168,7 +175,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: str = "
         for lo in range(0, n, batch_size):
             count = min(batch_size, n - lo)
             out[lo:lo + count] = sample_batch(model, schedule, start + lo, count, shape, sampler, steps, eta,
-                                              variance, seed, device, progress, spacing)
+                                              variance, seed, device, _inner(progress), spacing)
             bar.update(count)
         bar.close()
     return out
@@ -297,7 +304,7 @@ def write_samples(model: nn.Module, schedule: NoiseSchedule, out_dir: PathLike, 
         for k in batches:
             lo, hi = k * batch_size, min((k + 1) * batch_size, n)
             images = sample_batch(model, schedule, lo, hi - lo, shape, sampler, steps, eta, variance, seed, device,
-                                  progress, spacing)
+                                  _inner(progress), spacing)
             for i in range(lo, hi):
                 if i in todo:
                     write_png_atomic(images[i - lo], sample_path(out_dir, i))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ._types import PathLike
+from .errors import MissingDependencyError
 from .files import write_json
 
 CELEBA_DATASET = "jessicali9530/celeba-dataset"
@@ -150,7 +151,11 @@ def kaggle_credentials_found(environ=None, home: Optional[PathLike] = None) -> b
 # ---------------------------------------------------------------------------------------------
 def kaggle_api():
     """An authenticated kaggle.api.kaggle_api_extended.KaggleApi (``import kaggle`` would exit without credentials)."""
-    from kaggle.api.kaggle_api_extended import KaggleApi  # optional: the Kaggle API, only for --push
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi  # optional: the Kaggle API, only for --push
+    except ImportError:
+        raise MissingDependencyError("kaggle --push needs the kaggle package, which is not installed: "
+                                     "pip install kaggle") from None
     api = KaggleApi()
     api.authenticate()
     return api

@@ -31,6 +31,7 @@ from .config import TRAIN_PRESETS, DataConfig, parse_duration, train_preset
 from .env import is_colab, is_kaggle, is_small_forced, kaggle_input_dir, kaggle_working_dir
 
 PACKAGE = "ddpm_helpers"
+REFRESH_FIGURES_ENV = "DDPM_REFRESH_FIGURES"   # =1: a notebook in a clone rewrites the committed figures/
 PACKAGE_SEARCH_DEPTH = 5  # look at depths 0–4: /kaggle/input/datasets/<owner>/<slug>/ddpm_helpers is at depth 3
 
 
@@ -42,9 +43,10 @@ class Run:
     device: "cuda" or "cpu"; n_gpus: visible CUDA devices. celeba: the CelebALocation found, or None
     (then the notebooks use the offline LFW faces). celeba_is_sample: celeba is the small test sample
     ($DDPM_SHARED_DATA/celeba_sample).
-    full: True only on a GPU, with the real CelebA, outside CI. figures_dir: where figures go (the repository's
-    figures/ in a clone, /kaggle/working/figures on Kaggle). out_dir: runs, checkpoints and samples
-    (the repository's runs/ in a clone, /kaggle/working on Kaggle). repo_root: the clone's root, or None.
+    full: True only on a GPU, with the real CelebA, outside CI. figures_dir: where figures go (runs/figures in a
+    clone, its figures/ with DDPM_REFRESH_FIGURES=1, /kaggle/working/figures on Kaggle). out_dir: runs,
+    checkpoints and samples (the repository's runs/ in a clone, /kaggle/working on Kaggle). repo_root: the
+    clone's root, or None.
     model_figures_dir: where figures drawn from a trained model go (notebooks 04 and 05): figures_dir in the full
     run, on Kaggle or when $DDPM_FIGURES_DIR is set (CI); else out_dir/figures_small, so that a small model's
     figures never land over the committed ones in the repository's figures/.
@@ -175,8 +177,10 @@ def setup(kaggle_input: Optional[PathLike] = None, kaggle_working: Optional[Path
     or $DDPM_KAGGLE_INPUT); environ to os.environ. Kaggle is recognised by KAGGLE_KERNEL_RUN_TYPE only.
 
     full = a usable GPU, the real CelebA (not the test sample) and not CI/DDPM_SMALL.
-    Figures go to $DDPM_FIGURES_DIR if set, else <repo>/figures in a clone, /kaggle/working/figures on
-    Kaggle, ./figures elsewhere; outputs to <repo>/runs, /kaggle/working, or ./runs.
+    Figures go to $DDPM_FIGURES_DIR if set, else <repo>/runs/figures in a clone (ignored by git: a notebook
+    never rewrites the committed figures unless DDPM_REFRESH_FIGURES=1 asks, and the CelebA sample they were
+    made from is found: then <repo>/figures), /kaggle/working/figures on Kaggle, ./figures elsewhere; outputs to
+    <repo>/runs, /kaggle/working, or ./runs.
     """
     started = time.time()
     environ = os.environ if environ is None else environ
@@ -186,10 +190,15 @@ def setup(kaggle_input: Optional[PathLike] = None, kaggle_working: Optional[Path
     repo_root = None if on_kaggle else repository_root()
     n_gpus = cuda_devices()
     celeba, is_sample = locate_celeba(kaggle_input, repo_root, environ)
+    refresh = environ.get(REFRESH_FIGURES_ENV, "") not in ("", "0")
     if on_kaggle:
         figures_dir, out_dir = Path(kaggle_working) / "figures", Path(kaggle_working)
-    elif repo_root is not None:
-        figures_dir, out_dir = repo_root / "figures", repo_root / "runs"
+    elif repo_root is not None:   # the committed figures/ only when asked, and only from the data they were made from
+        if refresh and not is_sample:
+            print(f"{REFRESH_FIGURES_ENV}=1 ignored: the committed figures were made from the 32-image CelebA "
+                  "sample, which was not found; figures go to runs/figures")
+        keep = refresh and is_sample
+        figures_dir, out_dir = repo_root / ("figures" if keep else "runs/figures"), repo_root / "runs"
     else:
         figures_dir, out_dir = Path.cwd() / "figures", Path.cwd() / "runs"
     if environ.get("DDPM_FIGURES_DIR"):
@@ -211,8 +220,8 @@ def small_training_config(run: Run, out_name: str, environ: Optional[Mapping[str
     """The training configuration notebooks 04 and 05 share in their small (CPU, CI) mode.
 
     Data: 500 of the 5,000 half-size CelebA images when $DDPM_SHARED_DATA holds them (CI), else CelebA
-    itself when it was found (a machine without a GPU, or the Kaggle stand-in), else the 100 offline LFW
-    faces (grayscale); 16 px. Model and optimiser: the ``cpu`` preset's; 800 steps or 45 s, one CPU thread.
+    itself when it was found (a machine without a GPU, or the Kaggle stand-in), else 80 of the offline LFW
+    faces (grayscale; 20 held out); 16 px. Model and optimiser: the ``cpu`` preset's; 800 steps or 45 s, one CPU thread.
     $DDPM_SMALL_MAX_STEPS lowers the step count (the Kaggle stand-in's budget; announced when used). The
     two notebooks call this with different ``out_name`` and otherwise the same settings, so 05 can reuse 04's
     checkpoint. The image cache goes where cache.cache_dir_for says (reused from a previous Kaggle version).

@@ -117,8 +117,8 @@ def resume(trainer: "Trainer", resume_from: Union[str, Path, bool, None],
         existing = ckpt_io.list_checkpoints(out)
         if existing:
             raise ckpt_io.CheckpointError(
-                f"{out} already holds checkpoints (newest {existing[-1].name}); pass resume=True "
-                f"(--resume) to continue that run, or choose another --out")
+                f"{out} already holds checkpoints (newest {existing[-1].name}): add --resume (in Python: "
+                f"resume=True) to continue that run, or choose another --out")
         return None
     path = ckpt_io.latest_checkpoint(out if resume_from is True else Path(resume_from))
     if path is None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .cache import build_cache, cache_name, load_cache, usable_cache_dir
 from .celeba import find_celeba, list_images
 from .checkpoint import CheckpointError, config_from_dict, load_checkpoint
-from .data import prepare_images
+from .data import OFFLINE_HELDOUT, offline_faces, prepare_images
 from .errors import ConfigError
 from .evaluate import as_image_source
 
@@ -245,13 +245,31 @@ def swd_report(samples, heldout, other_real, reference: str = "held-out real ima
 # ---------------------------------------------------------------------------------------------
 # Held-out real images of a run
 # ---------------------------------------------------------------------------------------------
-def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = False) -> Tuple[np.ndarray, str]:
+def offline_heldout(data_cfg, identity: Optional[Dict[str, Any]]) -> Tuple[np.ndarray, str]:
+    """The offline LFW faces a run on them never trained on (data.OFFLINE_HELDOUT), at the run's size and channels.
+
+    identity: the checkpoint's data_identity; a run made before the faces were split (it records no "heldout")
+    trained on all 100, and errors.ConfigError says so.
+    """
+    if not (identity or {}).get("heldout"):
+        raise ConfigError("the run trained on all 100 offline LFW faces (made before some were held out): no "
+                          "held-out images to compare with; train a new run to get them")
+    faces = offline_faces(data_cfg.image_size, data_cfg.channels, part="heldout")
+    return faces, (f"the {OFFLINE_HELDOUT} held-out offline LFW faces (never trained on), {data_cfg.image_size} px, "
+                   f"{data_cfg.channels} channel{'s' if data_cfg.channels > 1 else ''}")
+
+
+def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = False,
+                   identity: Optional[Dict[str, Any]] = None) -> Tuple[np.ndarray, str]:
     """Real images a run with DataConfig data_cfg never trained on: uint8 (N, H, W, C) and a description.
 
-    The valid split when a partition file gives one; else, for a run limited to the first max_images images of
-    its split, the images of the split after them. Raises data.DataNotFoundError when CelebA is not found,
-    and errors.ConfigError when the run used every image (nothing is held out).
+    identity: the checkpoint's data_identity; a run on the offline faces gets their held-out part
+    (offline_heldout). Else the valid split when a partition file gives one; else, for a run limited to the first
+    max_images images of its split, the images of the split after them. Raises data.DataNotFoundError when CelebA
+    is not found, and errors.ConfigError when the run used every image (nothing is held out).
     """
+    if (identity or {}).get("kind") == "offline":
+        return offline_heldout(data_cfg, identity)
     location = find_celeba(data_cfg.root, kaggle_input)
     split, paths, what = data_cfg.split, [], ""
     if location.partition_file is not None and data_cfg.split == "train":
@@ -278,38 +296,49 @@ def heldout_images(data_cfg, kaggle_input="/kaggle/input", progress: bool = Fals
 # For `evaluate`: a folder of samples against its run's held-out images
 # ---------------------------------------------------------------------------------------------
 def _run_data_config(meta: Dict[str, Any], root: Optional[str]):
-    """The training DataConfig of the checkpoint samples.json names (root replaced when given), else None."""
+    """(the training DataConfig, the data identity) of the checkpoint samples.json names (root replaced when
+    given), else (None, None)."""
     path = meta.get("checkpoint")
     if not path or not Path(path).is_file():
-        return None
+        return None, None
     try:
-        cfg = config_from_dict(load_checkpoint(path)["config"]).data
+        ckpt = load_checkpoint(path)
+        cfg = config_from_dict(ckpt["config"]).data
     except (CheckpointError, OSError, KeyError) as e:
         logger.warning("cannot read the training data settings from %s: %s", path, e)
-        return None
-    return dataclasses.replace(cfg, root=root or cfg.root, offline_fallback=False)
+        return None, None
+    return dataclasses.replace(cfg, root=root or cfg.root, offline_fallback=False), ckpt.get("data_identity")
+
+
+def _first_training_images(run_cfg, identity: Optional[Dict[str, Any]], m: int) -> np.ndarray:
+    """The run's first m training images (the offline faces' train part for an offline run)."""
+    if (identity or {}).get("kind") == "offline":
+        return offline_faces(run_cfg.image_size, run_cfg.channels, part="train")[:m]
+    train, _ = prepare_images(dataclasses.replace(run_cfg, max_images=m), progress=False)
+    return train
 
 
 def swd_of_sample_folder(samples, meta: Dict[str, Any], reference_cfg, root: Optional[str] = None,
                          n: Optional[int] = None, seed: int = 0) -> SWDReport:
     """SWD of a `sample --out-dir` folder, beside real-vs-real at the same n.
 
-    When samples.json names a checkpoint that is here, against that run's held-out images (heldout_images), with
-    its first training images as the second real set. Otherwise against the reference DataConfig's images
-    (evaluate's --split/--n-real): its first n, and its next n as the second real set (labelled: these may be
-    training images). n: default the number of samples up to DEFAULT_N, capped by the real images available.
+    When samples.json names a checkpoint that is here, against that run's held-out images (heldout_images: for a
+    run on the offline faces, their held-out 20), with its first training images as the second real set.
+    Otherwise against the reference DataConfig's images (evaluate's --split/--n-real): its first n, and its next
+    n as the second real set (labelled: these may be training images). n: default the number of samples up to
+    DEFAULT_N, capped by the real images available.
     """
     n_fake = as_image_source(samples).n
-    run_cfg = _run_data_config(meta, root)
+    run_cfg, identity = _run_data_config(meta, root)
     why = "samples.json names no checkpoint here"
     if run_cfg is not None:
         try:
-            heldout, held_desc = heldout_images(run_cfg)
+            heldout, held_desc = heldout_images(run_cfg, identity=identity)
         except ConfigError as e:                    # the run trained on every image: use the reference set
             why = str(e)
         else:
             m = min(n or DEFAULT_N, n_fake, len(heldout))
-            train, _ = prepare_images(dataclasses.replace(run_cfg, max_images=m), progress=False)
+            train = _first_training_images(run_cfg, identity, m)
             m = min(m, len(train))
             return swd_report(samples, heldout, train, reference=held_desc,
                               comparison=f"the run's first {m:,} training images", seed=seed, n=m)

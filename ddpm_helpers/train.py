@@ -20,7 +20,7 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -390,6 +390,20 @@ class Trainer:
                  f"{' ×' + str(self.dinfo.world) if self.dinfo.enabled else ''}, amp={self.amp_dtype}, "
                  f"batch {self.cfg.batch_size}, {self.batches.batches_per_epoch()} batches/epoch per process")
 
+    def _retarget(self, bar) -> None:
+        """Every 10 steps, point the bar at the step the run will stop at (expected_stop): with a time budget that
+        ends it first, the bar's total, percentage and ETA follow the budget, and its postfix says so."""
+        done = self.step - self._bar_from
+        if self.cfg.time_budget is None or bar.disable or done < 10 or done % 10:
+            return
+        now = time.time()
+        target, limit = expected_stop(self.step, self.total_steps, done / max(now - self.t_start, 1e-9),
+                                      self.cfg.time_budget - (now - self.started))
+        if target is not None and target != bar.total:
+            bar.total = max(target, self.step)
+            bar.set_description(f"train (ends by {limit})" if limit == "time budget" else "train", refresh=False)
+            bar.refresh()
+
     def run(self) -> TrainResult:
         """Algorithm 1 until max_steps / epochs, the time budget or a stop signal; then a last checkpoint,
         sample grid and loss curve at the stopping step."""
@@ -397,7 +411,7 @@ class Trainer:
             raise TrainingError("this Trainer was built with_data=False: it can take steps, not run")
         metrics = self._open_run_folder()
         self._announce()
-        self.t_start = time.time()
+        self.t_start, self._bar_from = time.time(), self.step
         window, stream, stop_reason = LossWindow(self.device), self._batch_stream(), "done"
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.is_main),
                    desc="train", unit="step", dynamic_ncols=True)
@@ -416,6 +430,7 @@ class Trainer:
                 self.step, self.bad_in_row = self.step + 1, 0
                 window.add(loss, grad_norm)
                 bar.update(1)
+                self._retarget(bar)
                 self._after_step(window, metrics, bar)
                 if self.on_step is not None:
                     self.on_step(self.step)
@@ -435,6 +450,23 @@ class Trainer:
         if self._sampled_at != self.step:
             self.save_samples()
         self.save_loss_curve()
+
+
+def expected_stop(step: int, total_steps: Optional[int], steps_per_second: float,
+                  seconds_left: Optional[float]) -> Tuple[Optional[int], str]:
+    """The step a run will stop at, whichever limit ends it first, and which: (step, "steps" / "time budget").
+
+    Steps left by the step limit: S − s; by the time budget: rate × seconds left, rounded down. The progress bar
+    counts to the smaller, so its percentage and ETA describe the limit that will actually end the run. No step
+    limit and no budget: (None, "steps"). A rate of 0 (not yet measured) trusts the step limit.
+    """
+    by_steps = total_steps
+    if seconds_left is None or steps_per_second <= 0:
+        return by_steps, "steps"
+    by_time = step + int(max(0.0, seconds_left) * steps_per_second)
+    if by_steps is None or by_time < by_steps:
+        return by_time, "time budget"
+    return by_steps, "steps"
 
 
 def _short_data_name(description: str) -> str:

@@ -359,8 +359,10 @@ def test_continue_command_reproduces_the_run(paths, monkeypatch, capsys):
                           "--cache-dir", "c", "--lr", "0.002", "--seed", "3"], capsys)
     assert code == 0
     line = next(l for l in printed.splitlines() if "continue with:" in l)
-    words = shlex.split(line.split("continue with: ")[1])
-    assert words[:4] == ["python", "-m", "ddpm_helpers", "train"] and words[-1] == "--resume"
+    cd, command = line.split("continue with: ")[1].split(" && ")     # a new shell: cd to the clone, this python
+    assert shlex.split(cd) == ["cd", str(REPO)]
+    words = shlex.split(command)
+    assert words[:4] == [sys.executable, "-m", "ddpm_helpers", "train"] and words[-1] == "--resume"
     given = cli.build_parser().parse_args(words[3:])
     assert (given.preset, given.data, given.out, given.cache_dir) == \
            ("smoke", str(paths["tmp"] / "pics"), str(paths["tmp"] / "again"), str(paths["tmp"] / "c"))
@@ -372,10 +374,22 @@ def test_continue_command_reproduces_the_run(paths, monkeypatch, capsys):
     assert code == 0 and "resumed from" in printed, printed
 
 
+def test_run_as_ddpm_says_ddpm(monkeypatch, capsys):
+    """Installed, the `ddpm` script's usage and continue-with line say `ddpm`; run with -m, the interpreter used."""
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ddpm", "--help"])
+    assert cli.main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: ddpm ")
+    args = cli.build_parser().parse_args(["train", "--preset", "smoke", "--out", "/r"])
+    assert cli.continue_command(args, "smoke", cli.build_train_config(args)[1]).startswith("ddpm train --preset smoke")
+    monkeypatch.setattr(sys, "argv", ["/repo/ddpm_helpers/__main__.py"])
+    assert cli.build_parser().prog == "python -m ddpm_helpers"
+    command = cli.continue_command(args, "smoke", cli.build_train_config(args)[1])
+    assert f"{sys.executable} -m ddpm_helpers train" in command
+
+
 def test_continue_command_quotes_paths_with_spaces():
     args = cli.build_parser().parse_args(["train", "--preset", "smoke", "--data", "/my data/celeba", "--out", "/r u n"])
     _, cfg = cli.build_train_config(args)
-    words = shlex.split(cli.continue_command(args, "smoke", cfg))
+    words = shlex.split(cli.continue_command(args, "smoke", cfg).split(" && ")[-1])
     assert words[words.index("--data") + 1] == "/my data/celeba" and words[words.index("--out") + 1] == "/r u n"
 
 

@@ -509,7 +509,7 @@ def test_prepare_images_caches_celeba_under_a_settings_name(isolated):
 def test_prepare_images_falls_back_to_offline_faces(isolated):
     cfg = DataConfig(image_size=16, channels=3, cache_dir=str(isolated / "cache"))
     images, description = prepare_images(cfg, kaggle_input=isolated / "input", progress=False)
-    assert images.shape == (100, 16, 16, 3) and "offline LFW" in description
+    assert images.shape == (80, 16, 16, 3) and "offline LFW" in description and "other 20 held out" in description
     with pytest.raises(DataNotFoundError):
         prepare_images(DataConfig(offline_fallback=False), kaggle_input=isolated / "input")
     with pytest.raises(DataNotFoundError, match="typo"):  # an explicit wrong path is never silently replaced
@@ -597,10 +597,10 @@ def test_model_range_mapping_is_exact():
 def _shared(name: str) -> Path:
     base = os.environ.get("DDPM_SHARED_DATA")
     if not base:
-        pytest.skip("real data: set DDPM_SHARED_DATA to the shared/data folder (.ci/run does)")
+        pytest.skip("needs real CelebA test images, which a clone does not include")
     folder = Path(base) / name
     if not folder.is_dir():
-        pytest.skip(f"real data: {folder} is absent")
+        pytest.skip(f"needs real CelebA test images: {folder.name} is absent")
     return folder
 
 
@@ -659,3 +659,20 @@ def test_names_that_moved_still_import_from_their_old_module_with_a_warning():
     with pytest.raises(AttributeError):
         _ = data.no_such_name
     assert CROP_NAMES == tuple(CROPS)   # the flags' names are the crop table's keys
+
+
+def test_a_missing_optional_package_is_one_line_saying_what_to_install(monkeypatch, tmp_path, capsys):
+    """Without scikit-image the offline faces, and so the default job, end in one 'pip install' line (exit 2), never
+    in 'this is a bug'."""
+    import sys
+
+    from ddpm_helpers.cli import main
+    from ddpm_helpers.errors import MissingDependencyError
+    monkeypatch.setitem(sys.modules, "skimage.data", None)                  # import skimage.data now fails
+    with pytest.raises(MissingDependencyError, match="pip install scikit-image"):
+        offline_faces(16, 1)
+    monkeypatch.delenv("CELEBA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "smoke", "--out", "run", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the offline faces need scikit-image, which is not installed: pip install scikit-image"]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ddpm_helpers import plotting
 from ddpm_helpers.config import train_preset
-from ddpm_helpers.figures import draw_figures, nearest_neighbours, write_grid_png
+from ddpm_helpers.figures import draw_figures, facts_sentence, nearest_neighbours, write_grid_png
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,6 +160,9 @@ def test_figures_from_a_smoke_checkpoint_writes_every_file(smoke_run, tmp_path):
     assert record["skipped"] == {}
     captions = (out / "smoke_captions.md").read_text()
     assert "SWD" in captions and "smoke_nearest.png" in captions and "12 steps" in captions
+    assert captions.count("Model: smoke preset") == 1 and "σ_t² = beta" not in captions    # said once, in symbols
+    assert captions.startswith(f"# Figures from {run.name}/ckpt_00000012.pt")                # no absolute path
+    assert all(c.endswith(facts_sentence(facts)) for c in record["captions"].values())   # the JSON's stand alone
 
     # redrawing one part keeps the rest of the record
     draw_figures(run, out, prefix="smoke_", quick=True, device="cpu", parts=("reverse",), log=None)

@@ -224,3 +224,13 @@ def test_read_png_names_a_damaged_file(run, tmp_path):
     _damage(png, "truncated")
     with pytest.raises(DamagedImageError, match="cannot decode .*000000.png"):
         read_png(png)
+
+
+def test_progress_in_a_log_is_one_bar_without_cursor_moves(run, tmp_path, capsys):
+    """Output that is not a terminal (a log, CI, a notebook) gets the batch bar only: no nested per-step bar, whose
+    redraws would leave '\\x1b[A' residue."""
+    path, *_ = run
+    assert main(["sample", "--checkpoint", str(path.parent), "--n", "4", "--batch-size", "2", "--steps", "5",
+                 "--out-dir", str(tmp_path / "s"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "DDIM → s" in err and "DDIM-5" not in err and "\x1b[A" not in err

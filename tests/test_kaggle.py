@@ -252,8 +252,11 @@ def test_setup_small_without_gpu_or_celeba(tmp_path, monkeypatch, capsys):
     run = setup(kaggle_input=tmp_path / "none", kaggle_working=tmp_path / "none", environ={})
     assert not run.on_kaggle and run.device == "cpu" and not run.full and run.pick(small=32, full=64) == 32
     assert run.celeba is None and run.repo_root == tmp_path / "clone"
-    assert run.figures_dir == tmp_path / "clone" / "figures" and run.out_dir == tmp_path / "clone" / "runs"
+    assert run.figures_dir == tmp_path / "clone" / "runs" / "figures" and run.out_dir == tmp_path / "clone" / "runs"
     assert "Small configuration" in capsys.readouterr().out
+    run = setup(kaggle_input=tmp_path / "none", kaggle_working=tmp_path / "none", environ={"DDPM_REFRESH_FIGURES": "1"})
+    assert run.figures_dir == tmp_path / "clone" / "runs" / "figures"        # refresh needs the sample they came from
+    assert "ignored" in capsys.readouterr().out
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.full = True                                                       # frozen
     sample = tmp_path / "shared" / "celeba_sample"
@@ -262,6 +265,9 @@ def test_setup_small_without_gpu_or_celeba(tmp_path, monkeypatch, capsys):
                 environ={"DDPM_SHARED_DATA": str(tmp_path / "shared"), "DDPM_FIGURES_DIR": str(tmp_path / "figs")})
     assert run.celeba is not None and run.celeba_is_sample and not run.full
     assert run.figures_dir == tmp_path / "figs"                               # the override wins
+    run = setup(kaggle_input=tmp_path / "none", kaggle_working=tmp_path / "none", announce=False,
+                environ={"DDPM_SHARED_DATA": str(tmp_path / "shared"), "DDPM_REFRESH_FIGURES": "1"})
+    assert run.figures_dir == tmp_path / "clone" / "figures"                  # asked for, with the sample
 
 
 def test_gpu_with_only_the_sample_is_small(tmp_path, monkeypatch):

@@ -176,3 +176,36 @@ def test_sample_folder_is_scored_against_its_runs_heldout_images(tmp_path, monke
     ckpt_all = atomic_save({"format": FORMAT, "config": config_to_dict(every)}, tmp_path / "all" / "ckpt_00000001.pt")
     nothing_held = swd_of_sample_folder(samples, {"checkpoint": str(ckpt_all)}, reference)
     assert "trained on every image" in nothing_held.reference and nothing_held.samples.n == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Without CelebA: the offline faces' held-out 20 are the reference of evaluate and figures
+# ---------------------------------------------------------------------------------------------
+def test_offline_faces_split_into_80_to_train_and_20_held_out():
+    from ddpm_helpers.data import OFFLINE_HELDOUT
+    every, train, held = (offline_faces(16, 1, part=p) for p in ("all", "train", "heldout"))
+    assert (len(train), len(held), OFFLINE_HELDOUT) == (80, 20, 20)
+    np.testing.assert_array_equal(np.concatenate([train, held]), every)       # disjoint, in order, nothing lost
+    with pytest.raises(ValueError, match="part must be"):
+        offline_faces(16, 1, part="test")
+
+
+def test_an_offline_run_gets_a_quality_number_without_celeba(tmp_path, monkeypatch, capsys):
+    """The main job's situation: no CelebA anywhere; train, sample, then evaluate and figures both score SWD against
+    the 20 held-out faces (which the run never saw), say so, and evaluate exits 0."""
+    from ddpm_helpers.cli import main
+    from ddpm_helpers.figures import draw_figures
+    monkeypatch.delenv("CELEBA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)                                                  # no ./data here
+    assert main(["train", "--preset", "smoke", "--max-steps", "2", "--out", "run", "--no-progress"]) == 0
+    import torch as _torch
+    identity = _torch.load(sorted((tmp_path / "run").glob("ckpt_*.pt"))[-1], weights_only=False)["data_identity"]
+    assert (identity["kind"], identity["count"], identity["heldout"]) == ("offline", 80, 20)
+    assert main(["sample", "--checkpoint", "run", "--n", "6", "--steps", "3", "--out-dir", "s", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--samples", "s", "--feature", "simple"]) == 0
+    out, err = capsys.readouterr()
+    assert "20 held-out offline LFW faces" in out and "n = 6 images per set" in out
+    assert "no FID/KID" in err and err.count("Places searched") == 0                 # one line, not the block
+    figures = draw_figures(tmp_path / "run", tmp_path / "f", quick=True, device="cpu", parts=("data",), log=None)
+    assert "held-out offline LFW faces" in figures.swd.reference and figures.swd.samples.n == 20   # all 20

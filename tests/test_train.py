@@ -433,3 +433,49 @@ def test_sigterm_outside_the_loop_still_releases_the_lock(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     assert e.value.code == 128 + signal.SIGTERM and not (tmp_path / "run" / "train.lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The progress bar counts to whichever limit ends the run first
+# ---------------------------------------------------------------------------------------------
+def test_expected_stop_is_the_earlier_limit():
+    from ddpm_helpers.train import expected_stop
+    # the main job: 6,000 steps or 570 s; 1,260 steps done at 2.2 steps/s with 300 s left → 1,260 + 660 by time
+    assert expected_stop(1260, 6000, 2.2, 300.0) == (1920, "time budget")
+    assert expected_stop(1260, 6000, 20.0, 300.0) == (6000, "steps")          # fast enough: the steps end it
+    assert expected_stop(10, None, 4.0, 2.5) == (20, "time budget")           # no step limit
+    assert expected_stop(10, 500, 4.0, None) == (500, "steps")                # no budget
+    assert expected_stop(10, 500, 0.0, 60.0) == (500, "steps")                # rate not measured yet
+    assert expected_stop(10, 500, 4.0, -5.0) == (10, "time budget")           # budget already spent
+
+
+def test_progress_bar_follows_the_time_budget(monkeypatch):
+    """With a budget that ends the run first, the bar's total is the step the budget stops at, and it says so."""
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from ddpm_helpers.train import Trainer
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(time, "time", lambda: clock["now"])
+    trainer = SimpleNamespace(cfg=SimpleNamespace(time_budget=570.0), total_steps=6000, step=0, _bar_from=0,
+                              t_start=1000.0, started=990.0)                 # 10 s of data preparation before
+    bar = tqdm(total=6000, file=open(os.devnull, "w"), disable=False)
+    trainer.step, clock["now"] = 20, 1010.0                                   # 2 steps/s, 550 s of 570 left
+    Trainer._retarget(trainer, bar)
+    assert bar.total == 20 + 2 * 550 and bar.desc.startswith("train (ends by time budget)")
+    trainer.cfg.time_budget = 1e6                                             # a budget the steps beat
+    trainer.step, clock["now"] = 30, 1015.0
+    Trainer._retarget(trainer, bar)
+    assert bar.total == 6000 and "budget" not in bar.desc
+    bar.close()
+
+
+def test_a_run_on_all_100_offline_faces_is_refused_with_its_own_advice():
+    """Runs made before 20 offline faces were held out trained on all 100: resuming names that and the two ways on."""
+    old = {"kind": "offline", "count": 100, "fingerprint": "a", "image_size": 32, "channels": 1}
+    new = {**old, "count": 80, "fingerprint": "b", "heldout": 20}
+    with pytest.raises(ck.DataChangedError, match="before 20 of the offline faces were held out"):
+        ck.check_same_data({"data_identity": old}, new)
+    with pytest.raises(ck.DataChangedError, match="Point --data"):               # other data: the usual advice
+        ck.check_same_data({"data_identity": {**old, "kind": "celeba"}}, {**new, "kind": "celeba"})
