@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import environment, markdown_table  # noqa: E402
 
 from ddpm_helpers.config import SAMPLER_NAMES as SAMPLERS  # noqa: E402
-from ddpm_helpers.data import from_model_range  # noqa: E402
 from ddpm_helpers.generate import SOLVER_ORDERS, default_spacing, generate  # noqa: E402
+from ddpm_helpers.images import from_model_range  # noqa: E402
 from ddpm_helpers.schedule import SPACINGS, NoiseSchedule  # noqa: E402
 from ddpm_helpers.swd import swd  # noqa: E402
 
@@ -113,7 +113,8 @@ def main(argv=None) -> dict:
         for seed in args.seeds:
             start = time.perf_counter()
             x = generate(model, schedule, n, sampler=sampler, steps=calls, seed=seed, batch_size=args.batch_size,
-                         device=args.device, progress=False, spacing=spacing)
+                         device=args.device, progress=False, spacing=spacing,
+                         image_size=heldout.shape[-1], channels=heldout.shape[1])
             seconds += time.perf_counter() - start
             scores.append(swd(from_model_range(x), heldout, seed=args.swd_seed, n=n).mean)
         row = {"sampler": sampler, "order": SOLVER_ORDERS.get(sampler), "spacing": spacing, "calls": calls,
