@@ -22,24 +22,27 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 
 from ._types import PathLike
-from .checkpoint import CheckpointError, config_from_dict, config_to_dict, latest_checkpoint, load_checkpoint
+from .checkpoint import EXPORT_FORMAT as FORMAT
+from .checkpoint import EXPORT_SUFFIX as SUFFIX
+from .checkpoint import (
+    CheckpointError,
+    config_from_dict,
+    config_to_dict,
+    is_safetensors,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    non_finite_weights,
+    read_exported,
+)
 from .config import TrainConfig
 from .schedule import NoiseSchedule
-from .unet import UNet
 
-FORMAT = "ddpm_helpers/safetensors/1"
-SUFFIX = ".safetensors"
 SHIPPED_DIR = Path(__file__).resolve().parent / "models"
 SHIPPED_NAME = "celeba32"
-
-
-def is_safetensors(path: PathLike) -> bool:
-    """True when ``path`` names a safetensors file (by its suffix)."""
-    return str(path).endswith(SUFFIX)
 
 
 def _shareable_config(cfg: TrainConfig) -> Dict[str, Any]:
@@ -66,7 +69,7 @@ def export_model(checkpoint: PathLike, out: PathLike, ema: bool = True,
     ckpt = load_checkpoint(path)
     key = "ema" if ema and ckpt.get("ema") is not None else "model"
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in ckpt[key].items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite_weights(state)
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinity (first: {bad[0]}); "
                               "the run diverged: export an earlier checkpoint")
@@ -88,40 +91,12 @@ def export_model(checkpoint: PathLike, out: PathLike, ema: bool = True,
     return out
 
 
-def read_exported(path: PathLike) -> Tuple[Dict[str, torch.Tensor], TrainConfig, Dict[str, Any]]:
-    """Read an exported file without unpickling: (state_dict, TrainConfig, facts). Errors name the file."""
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: no such file") from e
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a ddpm_helpers export (metadata format {meta.get('format')!r}, "
-                              f"expected {FORMAT!r}); make one with `python -m ddpm_helpers export`")
-    try:
-        cfg = config_from_dict(json.loads(meta["config"]))
-        facts = json.loads(meta.get("facts", "{}"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its config metadata is damaged ({e})") from e
-    return state, cfg, facts
-
-
 def load_exported(path: PathLike, device="cpu") -> Tuple[torch.nn.Module, NoiseSchedule, TrainConfig]:
-    """Load an exported model for sampling: (U-Net in eval mode on device, NoiseSchedule on device, TrainConfig)."""
-    state, cfg, _ = read_exported(path)
-    model = UNet(cfg.model)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the saved model config: {str(e).splitlines()[0]}") from e
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinity (first: {bad[0]})")
-    return model.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion).to(device), cfg
+    """Load an exported model for sampling: (U-Net in eval mode on device, NoiseSchedule on device, TrainConfig).
+    The same as checkpoint.load_model, which reads ``.safetensors`` as it reads ``.pt``; a ``.pt`` is refused here."""
+    if not is_safetensors(path):
+        raise CheckpointError(f"{path}: an exported model's name ends in {SUFFIX}; for a checkpoint use load_model")
+    return load_model(path, device=device)
 
 
 def shipped_model_path(name: str = SHIPPED_NAME) -> Path:
