@@ -181,9 +181,9 @@ def _allowed_globals():
 def refusal_reason(error: BaseException) -> str:
     """One line on why torch's weights-only unpickler refused a file (its own message runs to ten lines)."""
     text = str(error)
-    found = re.search(r"Unsupported (?:global|operand)[^.\n]*", text)
+    found = re.search(r"Unsupported (global|operand)[:\s]+(?:GLOBAL\s+)?([\w.]+)", text)
     if found:
-        return (f"it holds a Python object a weights-only load may not build ({found.group(0).strip()}); "
+        return (f"it holds a Python object a weights-only load may not build ({found.group(1)} {found.group(2)}); "
                 "unpickling it fully could run code written by whoever made the file, so it is not opened")
     return (text.strip().splitlines() or [type(error).__name__])[0][:300]
 
@@ -365,6 +365,29 @@ def load_model(path: PathLike, ema: bool = True, device="cpu") -> Tuple[torch.nn
 def checkpoint_step(path: PathLike) -> int:
     """The training step in a checkpoint's name: ckpt_00012000.pt → 12000."""
     return int(Path(path).stem.split("_")[1])
+
+
+def model_step(path: PathLike) -> int:
+    """The training step of a checkpoint (from its name) or of an exported model (from its header's facts, nothing
+    else read); -1 when neither says."""
+    path = Path(path)
+    if is_safetensors(path):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return int(json.loads((f.metadata() or {}).get("facts", "{}")).get("step", -1))
+        except (SafetensorError, OSError, ValueError, TypeError, AttributeError):
+            return -1
+    return checkpoint_step(path) if re.fullmatch(r"ckpt_\d{8}\.pt", path.name) else -1
+
+
+def find_run_exports(root: PathLike, run_name: str, max_depth: int = 5) -> List[Path]:
+    """Exported models (``*.safetensors``) in run folders named run_name up to max_depth levels under root (and in
+    root itself when it is named run_name): a Kaggle dataset holding someone's exported model."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = {p for depth in range(max_depth) for p in root.glob("*/" * depth + f"{run_name}/*{EXPORT_SUFFIX}")}
+    return sorted(found)
 
 
 def find_run_checkpoints(root: PathLike, run_name: str, max_depth: int = 5) -> List[Path]:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,figures,prepare,kaggle,ablate} ...`` (or ``ddpm ...``).
+"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,figures,prepare,kaggle,ablate,export} ...``.
 
 The one place where flags are declared. Each subcommand is two functions here — ``add_<name>_arguments(parser)``
 declaring its flags, each checked when parsed by a ``type=`` function below, and a thin ``run_<name>(args)``
@@ -43,6 +43,7 @@ from .config import (
 from .data import prepare_images
 from .errors import ConfigError, DDPMError
 from .evaluate import evaluate_sample_folder, reference_config
+from .export import export_with_facts
 from .fast_sampling import MODES as FAST_MODES
 from .files import write_json
 from .generate import default_spacing, default_steps, read_samples_json, sample_from_checkpoint
@@ -313,7 +314,8 @@ def run_train(args: argparse.Namespace) -> int:
 # sample
 # ---------------------------------------------------------------------------------------------
 def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint .pt file, an exported .safetensors model, or a run folder (newest checkpoint)")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
                    help="ddim (default), ddpm (all T steps), dpm++2m or dpm++3m (DPM-Solver++, 10-20 model calls)")
@@ -484,7 +486,8 @@ def figure_parts(text: str) -> Tuple[str, ...]:
 
 
 def add_figures_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint .pt file, an exported .safetensors model, or a run folder (newest checkpoint)")
     p.add_argument("--out", required=True, help="folder for the figures, figures.json and captions.md")
     p.add_argument("--prefix", default="", help="put before every file name, e.g. celeba32_")
     p.add_argument("--n", type=positive_int, default=None, help="samples in the grid (default 64; 16 with --quick)")
@@ -568,6 +571,35 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
+    p.add_argument("--out", required=True, help="the model file to write, NAME.safetensors (a NAME.json of its "
+                                                "training facts is written beside it)")
+    p.add_argument("--facts", default=None,
+                   help="a JSON file of facts the checkpoint does not record (preset, data, held_out, hardware, "
+                        "swd, command), merged in; may be the NAME.json beside --out (it is rewritten)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw weights, not the EMA")
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    command = " ".join(shlex.quote(w) for w in ["python", "-m", "ddpm_helpers", "export", *_export_words(args)])
+    out, sidecar, facts = export_with_facts(args.checkpoint, args.out, facts_file=args.facts, ema=args.ema,
+                                            command=command)
+    print(f"[export] {out} ({out.stat().st_size / 1e6:.1f} MB, {facts['weights']} weights of step "
+          f"{facts['step']:,}); facts in {sidecar}")
+    return 0
+
+
+def _export_words(args: argparse.Namespace) -> List[str]:
+    words = ["--checkpoint", str(args.checkpoint), "--out", str(args.out)]
+    words += ["--facts", str(args.facts)] if args.facts else []
+    return words + ([] if args.ema else ["--no-ema"])
+
+
+# ---------------------------------------------------------------------------------------------
 # The parser and the error boundary
 # ---------------------------------------------------------------------------------------------
 COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callable[[argparse.Namespace], int]]] = [
@@ -578,6 +610,8 @@ COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callabl
     ("prepare", "build the preprocessed CelebA cache", add_prepare_arguments, run_prepare),
     ("kaggle", "write/push the Kaggle kernels and the package dataset", add_kaggle_arguments, run_kaggle),
     ("ablate", "same-budget ablations of the recipe, scored by SWD over seeds", add_ablate_arguments, run_ablate),
+    ("export", "share a model: EMA weights + config as a .safetensors file that runs no code when read",
+     add_export_arguments, run_export),
 ]
 DEBUG_HELP = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
 

@@ -48,6 +48,13 @@ DOWNLOAD_HELP = ("the Inception weights could not be downloaded (no internet?) â
                  "file (--inception-weights PATH, torch-fidelity's weights-inception-2015-12-05-6726825d.pth)")
 
 
+# torch-fidelity's weights-inception-2015-12-05-6726825d.pth: torch-fidelity (and torch.hub) open it with a full
+# unpickle, so a file passed as --inception-weights (or found in torch.hub's cache) is opened only when it is this one.
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+INCEPTION_BYTES = 95_628_359
+
+
 class MetricsUnavailable(DDPMError, RuntimeError):
     """The metrics cannot run here: the Inception weights (or torch-fidelity) are missing. The message says what to
     do."""
@@ -116,10 +123,45 @@ def _torchmetrics():
     return fid, kid
 
 
+def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_inception_weights(path: PathLike) -> Path:
+    """Accept an Inception weights file only when it is torch-fidelity's (size, then SHA-256), before anything opens
+    it: torch-fidelity unpickles it fully, and a file made by someone else could run code. MetricsUnavailable (one
+    line naming the file) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricsUnavailable(f"no Inception weights file at {path}")
+    size = path.stat().st_size
+    if size != INCEPTION_BYTES or sha256_of(path) != INCEPTION_SHA256:
+        raise MetricsUnavailable(f"--inception-weights {path} is not torch-fidelity's {INCEPTION_FILE} (its SHA-256 "
+                                 f"differs; {size:,} bytes): it is not opened, since torch-fidelity unpickles it and a "
+                                 "foreign file could run code; download the original, or use --feature simple")
+    return path
+
+
 def _build_inception(weights_path: Optional[PathLike]) -> nn.Module:
-    """torchmetrics' NoTrainInceptionV3, with every way it can fail to appear turned into MetricsUnavailable."""
-    if weights_path is not None and not Path(weights_path).is_file():
-        raise MetricsUnavailable(f"no Inception weights file at {weights_path}")
+    """torchmetrics' NoTrainInceptionV3, with every way it can fail to appear turned into MetricsUnavailable.
+
+    A weights file given, or already in torch.hub's cache, is checked against INCEPTION_SHA256 first."""
+    if weights_path is not None:
+        check_inception_weights(weights_path)
+    else:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        if cached.is_file():
+            try:
+                check_inception_weights(cached)
+            except MetricsUnavailable:
+                raise MetricsUnavailable(f"{cached} (torch.hub's cache) is not torch-fidelity's Inception weights "
+                                         "(its SHA-256 differs): it is not opened; delete it and run again to "
+                                         "download the original") from None
     tm_fid, _ = _torchmetrics()
     try:
         return tm_fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_DIMS)],

@@ -16,6 +16,7 @@ that the trained-model cells of the notebooks show faces on any machine: :func:`
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -39,6 +40,7 @@ from .checkpoint import (
     read_exported,
 )
 from .config import TrainConfig
+from .files import write_json
 from .schedule import NoiseSchedule
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "models"
@@ -62,12 +64,14 @@ def export_model(checkpoint: PathLike, out: PathLike, ema: bool = True,
     """
     out = Path(out)
     if not is_safetensors(out):
-        raise CheckpointError(f"{out}: the exported file's name must end in {SUFFIX}")
+        raise CheckpointError(f"--out {out}: the exported file's name must end in {SUFFIX}, e.g. model{SUFFIX}")
     path = latest_checkpoint(checkpoint)
     if path is None:
-        raise CheckpointError(f"{checkpoint}: no checkpoint (ckpt_*.pt) there")
+        raise CheckpointError(f"--checkpoint {checkpoint}: no checkpoint (ckpt_*.pt) there")
     ckpt = load_checkpoint(path)
     key = "ema" if ema and ckpt.get("ema") is not None else "model"
+    if not isinstance(ckpt.get(key), dict):
+        raise CheckpointError(f"{path} holds no {key!r} weights; use another checkpoint of the run")
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in ckpt[key].items()}
     bad = non_finite_weights(state)
     if bad:
@@ -89,6 +93,64 @@ def export_model(checkpoint: PathLike, out: PathLike, ema: bool = True,
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+# Facts export computes from the checkpoint: a --facts file's values for them (say last time's) are replaced.
+COMPUTED_FACTS = ("step", "images_seen", "training_seconds", "training_minutes", "parameters", "weights",
+                  "made_with", "sha256", "file")
+
+
+def facts_path(out: PathLike) -> Path:
+    """The training-facts JSON written beside an exported model: NAME.safetensors → NAME.json."""
+    out = Path(out)
+    return out.with_name(out.name[: -len(SUFFIX)] + ".json") if is_safetensors(out) else out.with_suffix(".json")
+
+
+def read_facts_file(path: PathLike) -> Dict[str, Any]:
+    """A JSON object of facts (UTF-8); CheckpointError naming --facts when the file is missing, not UTF-8, not JSON
+    or not an object."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"--facts {path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"--facts {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+                              ) from None
+    except ValueError as e:
+        raise CheckpointError(f"--facts {path}: not valid JSON ({e}); fix it or leave --facts out") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"--facts {path}: must hold a JSON object ({{\"key\": value, ...}}), not "
+                              f"{type(value).__name__}")
+    return value
+
+
+def export_with_facts(checkpoint: PathLike, out: PathLike, facts_file: Optional[PathLike] = None, ema: bool = True,
+                      command: Optional[str] = None) -> Tuple[Path, Path, Dict[str, Any]]:
+    """export_model, with the facts of ``facts_file`` (may be the JSON beside ``out``: it is read first) merged in,
+    and those facts, the file's SHA-256 and the command written to facts_path(out). Returns (out, json, facts).
+
+    Computed facts (COMPUTED_FACTS) come from the checkpoint, never from the file; a "swd" entry whose "step" is
+    not the checkpoint's (an SWD of an earlier model) is dropped, so that no stale score ships."""
+    given = {k: v for k, v in (read_facts_file(facts_file) if facts_file else {}).items() if k not in COMPUTED_FACTS}
+    swd = given.pop("swd", None)
+    out = export_model(checkpoint, out, ema=ema, facts=given)
+    _, _, facts = read_exported(out)
+    if isinstance(swd, dict) and swd.get("step") == facts["step"]:
+        out = export_model(checkpoint, out, ema=ema, facts={**given, "swd": swd})
+        facts["swd"] = swd
+    facts["training_minutes"] = round(facts.get("training_seconds", 0.0) / 60, 1)
+    facts.update(file=out.name, sha256=_sha256(out), made_with=command)
+    sidecar = write_json(facts_path(out), dict(sorted(facts.items())))
+    return out, sidecar, facts
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_exported(path: PathLike, device="cpu") -> Tuple[torch.nn.Module, NoiseSchedule, TrainConfig]:
