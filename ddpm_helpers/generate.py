@@ -331,7 +331,7 @@ def resolve_checkpoint(path: PathLike) -> Path:
     found = latest_checkpoint(path)
     if found is None:
         raise CheckpointError(f"no checkpoint in {path}: it holds no ckpt_*.pt file (train first, or point "
-                              "--checkpoint at a .pt file)")
+                              "--checkpoint at a .pt or .safetensors file)")
     return found
 
 
