@@ -35,6 +35,7 @@ from .checkpoint import (
     config_to_dict,
     find_run_checkpoints,
     find_run_exports,
+    is_safetensors,
     latest_checkpoint,
     load_model,
     model_step,
@@ -236,7 +237,8 @@ def find_model_for_sampling(run, run_name: str, expected=None, kaggle_input: Opt
         except (CheckpointError, OSError) as err:
             print(f"cannot use {path}: {err}")
             continue
-        differences = [] if expected is None else setup_differences(saved, expected)
+        ignored = IGNORED_FIELDS + (("data.root",) if is_safetensors(path) else ())  # an export drops machine paths
+        differences = [] if expected is None else setup_differences(saved, expected, ignored)
         if not differences:
             return SamplingModel(path, model, schedule, saved, trained_here=False)
         print(f"skipping {path}: trained with another configuration ({', '.join(differences)})")
