@@ -90,11 +90,15 @@ def free_space(folder: PathLike) -> str:
 
 def decode_text(data: bytes) -> str:
     """Bytes of a text file as str, whatever a user's editor saved: UTF-16 with its BOM, UTF-8 (with or without a
-    BOM); bytes that are not UTF-8 (Latin-1, a damaged tail) become U+FFFD instead of an exception; NUL bytes (the
-    zero-filled tail a power loss leaves after an append) are dropped."""
+    BOM); bytes that are not UTF-8 (Latin-1, a damaged tail) become U+FFFD instead of an exception; lines holding
+    NUL (the zero-filled tail a power loss leaves after an append, or a row cut by it) are dropped."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16", errors="replace").replace("\0", "")
-    return data.replace(b"\0", b"").decode("utf-8-sig", errors="replace")
+        text = data.decode("utf-16", errors="replace")
+    else:
+        text = data.decode("utf-8-sig", errors="replace")
+    if "\0" not in text:
+        return text
+    return "".join(line for line in text.splitlines(keepends=True) if "\0" not in line)
 
 
 def read_csv_rows(path: PathLike) -> Tuple[List[Dict[str, str]], int]:
