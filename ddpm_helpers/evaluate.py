@@ -381,6 +381,9 @@ def kernel_distance(real_features: torch.Tensor, fake_features: torch.Tensor, su
     KID = unbiased MMD² with k(x, y) = (xᵀy / d + 1)³, on ``subsets`` draws of ``subset_size`` features of
     each set (seeded). real_features: (N_r, d); fake_features: (N_f, d).
     """
+    if subset_size < 2:      # the unbiased MMD² divides by m(m − 1): one image per subset gives NaN
+        raise ConfigError(f"--kid-subset-size {subset_size}: KID's unbiased estimate needs subsets of at least 2 "
+                          "images (default 1000; it is capped by the number of images)")
     KernelInceptionDistance = _torchmetrics()[1].KernelInceptionDistance
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)     # "will save all extracted features in buffer"
@@ -457,6 +460,9 @@ def compute_metrics(fake: Union[Images, ImageSource], real: Union[Images, ImageS
                       "biased upwards (singular covariance); use at least 10,000 for numbers to compare with papers",
                       stacklevel=2)
     subset = min(kid_subset_size, fake_src.n, real_src.n)
+    if kid_subset_size >= 2 > subset:
+        raise ConfigError(f"KID needs at least 2 images in each set ({fake_src.n} samples, {real_src.n} real "
+                          "images here): write more samples (sample --n) or use more real images (--n-real)")
     kid_mean, kid_std = kernel_distance(real_f, fake_f, subset, kid_subsets, seed)
     return MetricResult(fid=frechet_distance(real_f, fake_f), kid_mean=kid_mean, kid_std=kid_std, n_fake=fake_src.n,
                         n_real=real_src.n, extractor=extractor_name(extractor), sampler=sampler, steps=steps,

@@ -65,6 +65,8 @@ def export_model(checkpoint: PathLike, out: PathLike, ema: bool = True,
     out = Path(out)
     if not is_safetensors(out):
         raise CheckpointError(f"--out {out}: the exported file's name must end in {SUFFIX}, e.g. model{SUFFIX}")
+    if out.is_dir():
+        raise CheckpointError(f"--out {out} is a folder; give the file's name, e.g. {out / ('model' + SUFFIX)}")
     path = latest_checkpoint(checkpoint)
     if path is None:
         raise CheckpointError(f"--checkpoint {checkpoint}: no checkpoint (ckpt_*.pt) there")

@@ -260,3 +260,21 @@ def test_ctrl_c_while_the_cache_workers_start(tmp_path):
 def test_cli_exit_codes_are_distinct():
     assert EXIT_BUG != EXIT_ERROR and signal.SIGINT
     assert np.iinfo(np.uint32).max == 2 ** 32 - 1
+
+
+def test_a_kid_subset_of_one_is_refused_not_nan():
+    from ddpm_helpers.errors import ConfigError
+    from ddpm_helpers.evaluate import kernel_distance
+    features = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match="--kid-subset-size 1: .* at least 2") as e:
+        kernel_distance(features, features + 1, subset_size=1, subsets=3)
+    assert "\n" not in str(e.value)
+    mean, std = kernel_distance(features, features + 1, subset_size=2, subsets=3)
+    assert np.isfinite(mean) and np.isfinite(std)
+
+
+def test_export_to_a_folder_is_one_line(tmp_path, capsys):
+    ck = _checkpoint(tmp_path)
+    (tmp_path / "d.safetensors").mkdir()
+    assert main(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "d.safetensors")]) == 2
+    assert "is a folder" in _one_line_error(capsys) and not list(tmp_path.glob(".*.tmp"))
