@@ -12,7 +12,13 @@ someone else never runs code on the reader's machine. The header's metadata carr
     facts    JSON: step, images seen, training seconds, which weights (EMA or raw), anything passed as ``facts``
 
 The package ships one such file, ``ddpm_helpers/models/celeba32.safetensors`` (a small 32-px CelebA model), so
-that the trained-model cells of the notebooks show faces on any machine: :func:`shipped_model` loads it.
+that the trained-model cells of the notebooks show faces on any machine: :func:`shipped_model` loads it. Beside it,
+``celeba32.json`` holds its training facts (preset, steps, images seen, minutes, data, held-out images, SWD when
+known for that step, the training command and the export command). Both are remade from the newest checkpoint of the
+run by one command, which reads the facts it cannot compute from the JSON it then rewrites::
+
+    python -m ddpm_helpers export --checkpoint runs/ship32 --out ddpm_helpers/models/celeba32.safetensors \
+        --facts ddpm_helpers/models/celeba32.json
 """
 from __future__ import annotations
 
