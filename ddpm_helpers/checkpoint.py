@@ -259,10 +259,9 @@ def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a ddpm_helpers checkpoint (format {found!r}, expected {FORMAT!r})")
-    missing = [k for k in ("config", "model") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} is damaged: it has no {' or '.join(missing)!r} entry; use another checkpoint "
-                              "of the run (an earlier ckpt_*.pt)")
+    if not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{path} is damaged: it has no 'config' entry; use another checkpoint of the run "
+                              "(an earlier ckpt_*.pt)")
     return ckpt
 
 

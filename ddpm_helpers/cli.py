@@ -303,16 +303,23 @@ def continue_command(args: argparse.Namespace, preset: str, cfg) -> str:
     return " ".join(shlex.quote(w) for w in words + ["--resume"])
 
 
+def _resolved(path: Any) -> Path:
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):   # a symlink loop: judged as written (reported later)
+        return Path(os.path.abspath(Path(path).expanduser()))
+
+
 def is_within(path: Any, folder: Any) -> bool:
     """Whether path is folder or lies inside it, after resolving symlinks and '..'."""
-    path, folder = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    path, folder = _resolved(path), _resolved(folder)
     return path == folder or folder in path.parents
 
 
 def run_train(args: argparse.Namespace) -> int:
     from .train import train  # optional: heavy (matplotlib for the loss curve), only the train command needs it
     name, cfg = build_train_config(args)
-    data_dir = _data_location(cfg) if cfg.data.root else None
+    data_dir = _resolved(cfg.data.root) if cfg.data.root else None
     if data_dir and is_within(cfg.out_dir, data_dir):
         raise ConfigError(f"--out {cfg.out_dir} is inside the data folder {data_dir}: the run's PNGs would be read as "
                           "training images next time; choose an --out outside it, e.g. runs/NAME")

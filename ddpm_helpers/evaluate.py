@@ -141,9 +141,10 @@ def check_inception_weights(path: PathLike) -> Path:
         raise MetricsUnavailable(f"no Inception weights file at {path}")
     size = path.stat().st_size
     if size != INCEPTION_BYTES or sha256_of(path) != INCEPTION_SHA256:
-        raise MetricsUnavailable(f"--inception-weights {path} is not torch-fidelity's {INCEPTION_FILE} (its SHA-256 "
-                                 f"differs; {size:,} bytes): it is not opened, since torch-fidelity unpickles it and a "
-                                 "foreign file could run code; download the original, or use --feature simple")
+        raise MetricsUnavailable(f"--inception-weights {path} is not torch-fidelity's Inception weights "
+                                 f"({INCEPTION_FILE}: its SHA-256 differs; {size:,} bytes): not opened, since "
+                                 "torch-fidelity unpickles it and a foreign file could run code; download the "
+                                 "original, or use --feature simple")
     return path
 
 
