@@ -18,7 +18,9 @@ import math
 import multiprocessing
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -160,6 +162,30 @@ def _remove(*paths: Path) -> None:
             pass
 
 
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold a Ctrl-C back while the decoding workers are forked: it is recorded (in the main thread, whichever thread
+    the signal reached) and raised as one KeyboardInterrupt here once they exist, where the pool is stopped and the
+    temporary files removed, instead of a traceback from every half-started worker and a broken pool. The workers
+    inherit the recording handler at fork, then ignore SIGINT (_worker_ignores_sigint)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _worker_ignores_sigint() -> None:
+    """A decoding worker leaves Ctrl-C to its parent, which stops the pool and removes the temporary files."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _decode_all(paths: list[str], out: np.ndarray, crop: str, image_size: int, channels: int,
                 workers: int, progress: bool, desc: str) -> tuple[int, list[tuple[str, str]]]:
     """Decode paths into out (N, H, W, C) in order, packing good images at the front; return (count, failures)."""
@@ -168,22 +194,33 @@ def _decode_all(paths: list[str], out: np.ndarray, crop: str, image_size: int, c
     jobs = [(paths[i:i + chunk], crop, image_size, channels) for i in range(0, len(paths), chunk)]
     written, failures = 0, []
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
-        if workers <= 1 or len(jobs) == 1:
-            results = map(_decode_chunk, jobs)
-            executor = None
-        else:
-            context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-            executor = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
-            results = executor.map(_decode_chunk, jobs)
+        executor, stopped = None, []
         try:
+            if workers <= 1 or len(jobs) == 1:
+                results = map(_decode_chunk, jobs)
+            else:
+                context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+                with _sigint_held():   # a Ctrl-C while the workers start reaches this process only, once they run
+                    executor = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                                      initializer=_worker_ignores_sigint)
+                    results = executor.map(_decode_chunk, jobs)
             for images, failed in results:
                 out[written:written + len(images)] = images
                 written += len(images)
                 failures += failed
                 bar.update(len(images) + len(failed))
+        except BaseException:      # Ctrl-C, an error: stop the workers now (a shutdown alone can hang after Ctrl-C)
+            stopped = list((getattr(executor, "_processes", None) or {}).values())  # private: no public stop
+            for process in stopped:
+                process.terminate()
+            raise
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+            for process in stopped:          # none may outlive this process
+                process.join(2)
+                if process.is_alive():
+                    process.kill()
     return written, failures
 
 

@@ -20,6 +20,8 @@ from PIL import Image
 from ._types import PathLike
 from .config import CROPS, FULL_HEIGHT, FULL_WIDTH, MIN_IMAGE_SIZE, SPLITS
 from .errors import DDPMError
+from .files import decode_text
+from .images import check_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -206,11 +208,10 @@ def _check_split(split: str) -> Optional[int]:
 def read_partition(partition_file: PathLike) -> dict[str, int]:
     """Read list_eval_partition (.csv 'image_id,partition' or .txt '000001.jpg 0') into {image_id: 0|1|2}."""
     partition: dict[str, int] = {}
-    with open(partition_file, encoding="utf-8-sig") as f:
-        for line in f:
-            parts = re.split(r"[,\s]+", line.strip())
-            if len(parts) >= 2 and parts[1].lstrip("-").isdigit():  # skips the header and blank lines
-                partition[parts[0]] = int(parts[1])
+    for line in decode_text(Path(partition_file).read_bytes()).splitlines():   # UTF-16, Latin-1 bytes, NULs: no error
+        parts = re.split(r"[,\s]+", line.strip())
+        if len(parts) >= 2 and parts[1].lstrip("-").isdigit():  # skips the header and blank lines
+            partition[parts[0]] = int(parts[1])
     return partition
 
 
@@ -305,6 +306,9 @@ class ImageTooSmallError(DDPMError, ValueError):
     """An image whose crop is smaller than the requested size: it would be upscaled into the training data."""
 
 
+MAX_PHOTO_PIXELS = 8192 * 8192   # a training photo above this (64 M pixels) is skipped undecoded, like a broken one
+
+
 def load_image(path: PathLike, crop: str = "ddim_128", image_size: int = 64, channels: int = 3) -> np.ndarray:
     """Decode one image, crop it by name, resize it (antialiased bilinear) and return uint8.
 
@@ -314,6 +318,7 @@ def load_image(path: PathLike, crop: str = "ddim_128", image_size: int = 64, cha
     """
     check_settings(crop, image_size, channels)
     with Image.open(path) as img:
+        check_pixels(img.size, path, limit=MAX_PHOTO_PIXELS)   # a decompression bomb is refused before decoding
         img.load()  # decode fully now: a truncated file raises here, not later
         left, top, right, bottom = box = crop_box(crop, *img.size)
         if min(right - left, bottom - top) < image_size:

@@ -8,16 +8,28 @@ TrainConfig as a nested dict), ``model``, ``ema`` (EMA weights, a state dict of 
 trained on: source, split, count, crop, size, channels, fingerprint; absent in older checkpoints) and
 ``parameters``. :mod:`ddpm_helpers.state` builds that dict from a Trainer and puts a Trainer back from it;
 this module writes, finds, reads and checks the files.
+
+Every file is read without a full unpickle (issue 20): ``torch.load(..., weights_only=True)`` builds only
+tensors, numbers, strings and plain containers, so a checkpoint made by someone else (a Kaggle dataset, a
+download) cannot run code. Checkpoints hold only those (the RNG states as tensors); those written before
+issue 20 also hold NumPy's RNG state as an ndarray, for which NumPy's array constructor is allowed (torch ≥ 2.4).
+An exported model (``*.safetensors``, see :mod:`ddpm_helpers.export`) is read here too, as a sampling-only
+checkpoint, so every loader (sample, figures, evaluate, notebook 05) takes it as it takes a ``.pt``.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
 
 from . import files
 from ._types import PathLike, moved_names
@@ -147,19 +159,115 @@ def prune_checkpoints(folder: PathLike, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
+# What the weights-only unpickler may build beyond tensors and plain containers: NumPy's RNG state (an ndarray of
+# uint32) as checkpoints written before issue 20 hold it. Named both ways: a file written under NumPy 1
+# ("numpy.core") and read under NumPy 2 ("numpy._core"), or the reverse.
+_RECONSTRUCT = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+OLD_RNG_GLOBALS = [_RECONSTRUCT, np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+                   (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+                   (_RECONSTRUCT, "numpy._core.multiarray._reconstruct")]
+
+
+def _allowed_globals():
+    """A context in which torch.load(weights_only=True) may also build OLD_RNG_GLOBALS (torch ≥ 2.5: scoped;
+    torch 2.4: add_safe_globals, for the process)."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        return serialization.safe_globals(OLD_RNG_GLOBALS)
+    serialization.add_safe_globals([g for g in OLD_RNG_GLOBALS if not isinstance(g, tuple)])
+    return contextlib.nullcontext()
+
+
+def refusal_reason(error: BaseException) -> str:
+    """One line on why torch's weights-only unpickler refused a file (its own message runs to ten lines)."""
+    text = str(error)
+    found = re.search(r"Unsupported (global|operand)[:\s]+(?:GLOBAL\s+)?([\w.]+)", text)
+    if found:
+        return (f"it holds a Python object a weights-only load may not build ({found.group(1)} {found.group(2)}); "
+                "unpickling it fully could run code written by whoever made the file, so it is not opened")
+    return (text.strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def torch_load_weights_only(path: PathLike, map_location="cpu") -> Any:
+    """torch.load with weights_only=True (tensors, numbers, strings, containers, old NumPy RNG states): a file
+    made by someone else never runs code. Errors are CheckpointError, one line naming the file."""
+    try:
+        with _allowed_globals():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"cannot read {path}: {refusal_reason(e)}") from None
+    except Exception as e:  # truncated / not a torch file
+        raise CheckpointError(f"cannot read checkpoint {path}: {refusal_reason(e)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Exported models (``export`` writes them): safetensors, a JSON header and raw tensors, nothing unpickled
+# ---------------------------------------------------------------------------------------------
+EXPORT_FORMAT = "ddpm_helpers/safetensors/1"
+EXPORT_SUFFIX = ".safetensors"
+
+
+def is_safetensors(path: PathLike) -> bool:
+    """True when ``path`` names a safetensors file (by its suffix)."""
+    return str(path).endswith(EXPORT_SUFFIX)
+
+
+def read_exported(path: PathLike) -> Tuple[Dict[str, torch.Tensor], TrainConfig, Dict[str, Any]]:
+    """Read an exported file without unpickling: (state_dict, TrainConfig, facts). Errors name the file."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: no such file") from e
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    if meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path}: not a ddpm_helpers export (metadata format {meta.get('format')!r}, "
+                              f"expected {EXPORT_FORMAT!r}); make one with `python -m ddpm_helpers export`")
+    try:
+        cfg = config_from_dict(json.loads(meta["config"]))
+        facts = json.loads(meta.get("facts", "{}"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config metadata is damaged ({e})") from e
+    if not isinstance(facts, dict):
+        raise CheckpointError(f"{path}: its facts metadata is not a JSON object")
+    return state, cfg, facts
+
+
+def _exported_as_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
+    """An exported model as a sampling-only checkpoint dict: its weights under "ema" (or "model", as exported),
+    the config, step, elapsed and parameters from its facts, and "exported" (the facts) marking it."""
+    state, cfg, facts = read_exported(path)
+    state = {k: v.to(map_location) for k, v in state.items()}
+    weights = "model" if facts.get("weights") == "model" else "ema"
+    return {"format": FORMAT, "config": config_to_dict(cfg), "ema": None, "model": None, weights: state,
+            "step": int(facts.get("step", 0)), "elapsed": float(facts.get("training_seconds", 0.0)),
+            "parameters": facts.get("parameters"), "data": facts.get("data"), "exported": facts}
+
+
 def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
-    """Read a checkpoint file and check its format; raises CheckpointError with the reason."""
+    """Read a checkpoint file (weights-only) or an exported ``.safetensors`` model and check its format; raises
+    CheckpointError with the reason, in one line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated / not a torch file
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(f"no checkpoint at {path}: no such file")
+    if is_safetensors(path):
+        return _exported_as_checkpoint(path, map_location)
+    ckpt = torch_load_weights_only(path, map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a ddpm_helpers checkpoint (format {found!r}, expected {FORMAT!r})")
+    if not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{path} is damaged: it has no 'config' entry; use another checkpoint of the run "
+                              "(an earlier ckpt_*.pt)")
     return ckpt
+
+
+def non_finite_weights(state: Dict[str, torch.Tensor]) -> List[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinity (a diverged run)."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 # Fields that must agree for a checkpoint's weights and training state to be reused.
@@ -228,24 +336,61 @@ def check_same_data(ckpt: Dict[str, Any], identity: Dict[str, Any], path: PathLi
 
 
 def load_model(path: PathLike, ema: bool = True, device="cpu") -> Tuple[torch.nn.Module, NoiseSchedule, TrainConfig]:
-    """Load a U-Net (EMA weights by default) and its schedule from a checkpoint, for sampling.
+    """Load a U-Net (EMA weights by default) and its schedule from a checkpoint or an exported ``.safetensors``
+    model, for sampling; weights-only, never a full unpickle.
 
-    Returns (model in eval mode on device, NoiseSchedule on device, TrainConfig).
+    Returns (model in eval mode on device, NoiseSchedule on device, TrainConfig). Weights holding NaN or infinity
+    (a diverged run) are refused: they would only give black images.
     """
     ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"])
-    model = UNet(cfg.model)
-    key = "ema" if ema and ckpt.get("ema") is not None else "model"
     try:
-        model.load_state_dict(ckpt[key])
+        cfg = config_from_dict(ckpt["config"])
+        model = UNet(cfg.model)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its saved config is damaged or from another version ({e})") from None
+    key = "ema" if ema and ckpt.get("ema") is not None else "model"
+    if ckpt.get(key) is None:          # an export holds one set of weights
+        key = "ema" if key == "model" else "model"
+    state = ckpt.get(key)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no weights ({key!r} is missing); use another checkpoint of the run")
+    try:
+        model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the saved model config: {e}") from e
+        raise CheckpointError(f"{path}: weights do not fit the saved model config: {str(e).splitlines()[0]}") from e
+    bad = non_finite_weights(state)
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinity (first: {bad[0]}); the run "
+                              "diverged: sample an earlier checkpoint of it, or train again with a lower --lr")
     return model.to(device).eval(), NoiseSchedule.from_config(cfg.diffusion).to(device), cfg
 
 
 def checkpoint_step(path: PathLike) -> int:
     """The training step in a checkpoint's name: ckpt_00012000.pt → 12000."""
     return int(Path(path).stem.split("_")[1])
+
+
+def model_step(path: PathLike) -> int:
+    """The training step of a checkpoint (from its name) or of an exported model (from its header's facts, nothing
+    else read); -1 when neither says."""
+    path = Path(path)
+    if is_safetensors(path):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return int(json.loads((f.metadata() or {}).get("facts", "{}")).get("step", -1))
+        except (SafetensorError, OSError, ValueError, TypeError, AttributeError):
+            return -1
+    return checkpoint_step(path) if re.fullmatch(r"ckpt_\d{8}\.pt", path.name) else -1
+
+
+def find_run_exports(root: PathLike, run_name: str, max_depth: int = 5) -> List[Path]:
+    """Exported models (``*.safetensors``) in run folders named run_name up to max_depth levels under root (and in
+    root itself when it is named run_name): a Kaggle dataset holding someone's exported model."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = {p for depth in range(max_depth) for p in root.glob("*/" * depth + f"{run_name}/*{EXPORT_SUFFIX}")}
+    return sorted(found)
 
 
 def find_run_checkpoints(root: PathLike, run_name: str, max_depth: int = 5) -> List[Path]:

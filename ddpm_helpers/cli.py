@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,figures,prepare,kaggle,ablate} ...`` (or ``ddpm ...``).
+"""Command line: ``python -m ddpm_helpers {train,sample,evaluate,figures,prepare,kaggle,ablate,export} ...``.
 
 The one place where flags are declared. Each subcommand is two functions here — ``add_<name>_arguments(parser)``
 declaring its flags, each checked when parsed by a ``type=`` function below, and a thin ``run_<name>(args)``
@@ -32,6 +32,7 @@ from .config import (
     AMP_NAMES,
     CROP_NAMES,
     FIGURE_PARTS,
+    MAX_SEED,
     SAMPLER_NAMES,
     SPLIT_NAMES,
     TRAIN_PRESETS,
@@ -43,6 +44,7 @@ from .config import (
 from .data import prepare_images
 from .errors import ConfigError, DDPMError
 from .evaluate import evaluate_sample_folder, reference_config
+from .export import export_with_facts
 from .fast_sampling import MODES as FAST_MODES
 from .files import write_json
 from .generate import default_spacing, default_steps, read_samples_json, sample_from_checkpoint
@@ -76,6 +78,15 @@ def non_negative_int(text: str) -> int:
     value = _number(text, int, "an integer")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative: must be an integer >= 0")
+    return value
+
+
+def seed_value(text: str) -> int:
+    """A seed: an integer in [0, MAX_SEED] (2³² − 1, NumPy's range; larger ones would overflow the derived seeds)."""
+    value = _number(text, int, "an integer")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, {MAX_SEED}]; a seed from the clock fits with "
+                                         f"$(( $(date +%s) % {MAX_SEED + 1} ))")
     return value
 
 
@@ -199,7 +210,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="continue from the newest checkpoint in --out, or from the given file/folder")
     p.add_argument("--allow-data-change", action="store_true",
                    help="resume even though the data differs from what the checkpoint was trained on")
-    p.add_argument("--seed", type=non_negative_int)
+    p.add_argument("--seed", type=seed_value)
     p.add_argument("--device", type=device_name, help="cuda, cuda:1, mps or cpu (default: cuda if available)")
     p.add_argument("--amp", choices=AMP_NAMES)
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
@@ -311,9 +322,26 @@ def continue_command(args: argparse.Namespace, preset: str, cfg) -> str:
     return invocation() + " " + " ".join(shlex.quote(w) for w in words + ["--resume"])
 
 
+def _resolved(path: Any) -> Path:
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):   # a symlink loop: judged as written (reported later)
+        return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def is_within(path: Any, folder: Any) -> bool:
+    """Whether path is folder or lies inside it, after resolving symlinks and '..'."""
+    path, folder = _resolved(path), _resolved(folder)
+    return path == folder or folder in path.parents
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .train import train  # optional: heavy (matplotlib for the loss curve), only the train command needs it
     name, cfg = build_train_config(args)
+    data_dir = _resolved(cfg.data.root) if cfg.data.root else None
+    if data_dir and is_within(cfg.out_dir, data_dir):
+        raise ConfigError(f"--out {cfg.out_dir} is inside the data folder {data_dir}: the run's PNGs would be read as "
+                          "training images next time; choose an --out outside it, e.g. runs/NAME")
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
         print(f"[train] preset {name} → {cfg.out_dir}")
@@ -332,7 +360,8 @@ def run_train(args: argparse.Namespace) -> int:
 # sample
 # ---------------------------------------------------------------------------------------------
 def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint .pt file, an exported .safetensors model, or a run folder (newest checkpoint)")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
                    help="ddim (default), ddpm (all T steps), dpm++2m or dpm++3m (DPM-Solver++, 10-20 model calls)")
@@ -344,7 +373,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--eta", type=eta_value, default=0.0, help="DDIM η: 0 deterministic (default), 1 ≈ DDPM")
     p.add_argument("--variance", choices=VARIANCE_NAMES, default=None,
                    help="DDPM σ_t²: beta (the report's) or posterior (β̃); default: the checkpoint's")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="sample i starts from noise seeded by (seed, i)")
+    p.add_argument("--seed", type=seed_value, default=0, help="sample i starts from noise seeded by (seed, i)")
     p.add_argument("--out", default=None, help="write one grid PNG here")
     p.add_argument("--out-dir", default=None, help="write single PNGs here (resumable; damaged files are redone)")
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -357,9 +386,22 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def check_png_out(out: Optional[str], flag: str = "--out") -> None:
+    """A grid's path: a .png name that is not a folder (a name without extension would hide what the file is)."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {out} is a folder; give the grid's file name, e.g. {path / 'grid.png'} "
+                          "(single PNGs go to --out-dir)")
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"{flag} {out}: the grid is written as PNG; name it so, e.g. {path.with_suffix('.png')}")
+
+
 def run_sample(args: argparse.Namespace) -> int:
     if args.out is None and args.out_dir is None:
         raise ConfigError("sample needs --out (a grid PNG) and/or --out-dir (single PNGs for metrics)")
+    check_png_out(args.out)
     if args.sampler == "ddpm" and (args.steps is not None or args.spacing is not None):
         print("note: DDPM runs all T steps of the schedule; --steps/--spacing are ignored (use --sampler ddim or "
               "dpm++2m for fewer)", file=sys.stderr)
@@ -406,7 +448,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--device", type=device_name, default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--cache-dir", default=None, help="where the reference images and features are cached")
     p.add_argument("--json", default=None, help="also write the result as JSON here")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of KID's subset draws and SWD's patches")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of KID's subset draws and SWD's patches")
     p.add_argument("--swd-n", type=positive_int, default=None,
                    help="images per set for SWD (default: up to 2000 samples, capped by the held-out real images)")
     p.add_argument("--no-swd", action="store_true", help="skip the sliced Wasserstein distance")
@@ -493,6 +535,11 @@ def run_kaggle(args: argparse.Namespace) -> int:
     if not (Path(args.repo_root) / "ddpm_helpers" / "__init__.py").is_file():
         raise ConfigError(f"--repo-root {args.repo_root} does not hold the ddpm_helpers package (no "
                           "ddpm_helpers/__init__.py): run from the repository root, or point --repo-root there")
+    source = Path(args.repo_root) / "ddpm_helpers"
+    copy = Path(args.out) / kaggle.PACKAGE_DATASET_SLUG / "ddpm_helpers"
+    if is_within(args.out, source) or is_within(source, copy):
+        raise ConfigError(f"--out {args.out} would put the package dataset inside the package's own source "
+                          f"({source.resolve()}) or replace it; choose a folder outside it, e.g. build/kaggle")
     if not sorted(Path(args.notebooks).glob("*.ipynb")):
         raise ConfigError(f"--notebooks {args.notebooks}: no notebooks (*.ipynb) there; point it at the "
                           "repository's notebooks/ folder")
@@ -511,11 +558,12 @@ def figure_parts(text: str) -> Tuple[str, ...]:
 
 
 def add_figures_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint .pt file, an exported .safetensors model, or a run folder (newest checkpoint)")
     p.add_argument("--out", required=True, help="folder for the figures, figures.json and captions.md")
     p.add_argument("--prefix", default="", help="put before every file name, e.g. celeba32_")
     p.add_argument("--n", type=positive_int, default=None, help="samples in the grid (default 64; 16 with --quick)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="sample i starts from noise seeded by (seed, i)")
+    p.add_argument("--seed", type=seed_value, default=0, help="sample i starts from noise seeded by (seed, i)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
                    help="the grid's and SWD's sampler: ddim (default), ddpm, dpm++2m, dpm++3m")
     p.add_argument("--steps", type=positive_int, default=None, help="their steps (default 50)")
@@ -595,6 +643,35 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run folder (newest checkpoint)")
+    p.add_argument("--out", required=True, help="the model file to write, NAME.safetensors (a NAME.json of its "
+                                                "training facts is written beside it)")
+    p.add_argument("--facts", default=None,
+                   help="a JSON file of facts the checkpoint does not record (preset, data, held_out, hardware, "
+                        "swd, command), merged in; may be the NAME.json beside --out (it is rewritten)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw weights, not the EMA")
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    command = " ".join(shlex.quote(w) for w in ["python", "-m", "ddpm_helpers", "export", *_export_words(args)])
+    out, sidecar, facts = export_with_facts(args.checkpoint, args.out, facts_file=args.facts, ema=args.ema,
+                                            command=command)
+    print(f"[export] {out} ({out.stat().st_size / 1e6:.1f} MB, {facts['weights']} weights of step "
+          f"{facts['step']:,}); facts in {sidecar}")
+    return 0
+
+
+def _export_words(args: argparse.Namespace) -> List[str]:
+    words = ["--checkpoint", str(args.checkpoint), "--out", str(args.out)]
+    words += ["--facts", str(args.facts)] if args.facts else []
+    return words + ([] if args.ema else ["--no-ema"])
+
+
+# ---------------------------------------------------------------------------------------------
 # The parser and the error boundary
 # ---------------------------------------------------------------------------------------------
 COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callable[[argparse.Namespace], int]]] = [
@@ -605,6 +682,8 @@ COMMANDS: List[Tuple[str, str, Callable[[argparse.ArgumentParser], Any], Callabl
     ("prepare", "build the preprocessed CelebA cache", add_prepare_arguments, run_prepare),
     ("kaggle", "write/push the Kaggle kernels and the package dataset", add_kaggle_arguments, run_kaggle),
     ("ablate", "same-budget ablations of the recipe, scored by SWD over seeds", add_ablate_arguments, run_ablate),
+    ("export", "share a model: EMA weights + config as a .safetensors file that runs no code when read",
+     add_export_arguments, run_export),
 ]
 DEBUG_HELP = f"show the traceback of an error (also: {DEBUG_ENV}=1)"
 

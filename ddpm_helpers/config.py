@@ -37,6 +37,7 @@ FIGURE_PARTS = ("samples", "samplers", "reverse", "curves", "data")   # samplers
 # curves: loss, lr_grad_norm; data: nearest and SWD (figures.draw_figures)
 MIN_IMAGE_SIZE = 8
 SEED_STRIDE = 1_000_003   # derive_seed: the seeds of one run's numbered streams are seed·1_000_003 + index
+MAX_SEED = 2 ** 32 - 1   # seeds: NumPy's range; seed·1_000_003 + index then stays far below 2**63 (torch's limit)
 
 
 def derive_seed(seed: int, index: int) -> int:
@@ -246,6 +247,7 @@ class TrainConfig:
         _int_at_least(self, 1, "batch_size", "log_every", "sample_n", "sample_steps", "keep_checkpoints",
                       "max_bad_steps")
         _int_at_least(self, 0, "warmup_steps", "sample_every", "checkpoint_every", "seed")
+        _require(self.seed <= MAX_SEED, "seed", self.seed, f"must be at most {MAX_SEED} (2**32 - 1)")
         _int_at_least(self, 1, "epochs", "max_steps", "num_threads", optional=True)
         _require(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "must be a finite number > 0, e.g. 2e-4")
         _require(_is_real(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", self.ema_decay,

@@ -48,6 +48,13 @@ DOWNLOAD_HELP = ("the Inception weights could not be downloaded (no internet?) �
                  "file (--inception-weights PATH, torch-fidelity's weights-inception-2015-12-05-6726825d.pth)")
 
 
+# torch-fidelity's weights-inception-2015-12-05-6726825d.pth: torch-fidelity (and torch.hub) open it with a full
+# unpickle, so a file passed as --inception-weights (or found in torch.hub's cache) is opened only when it is this one.
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+INCEPTION_BYTES = 95_628_359
+
+
 class MetricsUnavailable(DDPMError, RuntimeError):
     """The metrics cannot run here: the Inception weights (or torch-fidelity) are missing. The message says what to
     do."""
@@ -116,10 +123,46 @@ def _torchmetrics():
     return fid, kid
 
 
+def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_inception_weights(path: PathLike) -> Path:
+    """Accept an Inception weights file only when it is torch-fidelity's (size, then SHA-256), before anything opens
+    it: torch-fidelity unpickles it fully, and a file made by someone else could run code. MetricsUnavailable (one
+    line naming the file) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricsUnavailable(f"no Inception weights file at {path}")
+    size = path.stat().st_size
+    if size != INCEPTION_BYTES or sha256_of(path) != INCEPTION_SHA256:
+        raise MetricsUnavailable(f"--inception-weights {path} is not torch-fidelity's Inception weights "
+                                 f"({INCEPTION_FILE}: its SHA-256 differs; {size:,} bytes): not opened, since "
+                                 "torch-fidelity unpickles it and a foreign file could run code; download the "
+                                 "original, or use --feature simple")
+    return path
+
+
 def _build_inception(weights_path: Optional[PathLike]) -> nn.Module:
-    """torchmetrics' NoTrainInceptionV3, with every way it can fail to appear turned into MetricsUnavailable."""
-    if weights_path is not None and not Path(weights_path).is_file():
-        raise MetricsUnavailable(f"no Inception weights file at {weights_path}")
+    """torchmetrics' NoTrainInceptionV3, with every way it can fail to appear turned into MetricsUnavailable.
+
+    A weights file given, or already in torch.hub's cache, is checked against INCEPTION_SHA256 first."""
+    if weights_path is not None:
+        check_inception_weights(weights_path)
+    else:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        if cached.is_file():
+            try:
+                check_inception_weights(cached)
+            except MetricsUnavailable:
+                raise MetricsUnavailable(f"{cached} (torch.hub's cache) is not torch-fidelity's Inception weights "
+                                         "(its SHA-256 differs): it is not opened; delete it and run again to "
+                                         "download the original") from None
     tm_fid, _ = _torchmetrics()
     try:
         return tm_fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_DIMS)],
@@ -339,6 +382,9 @@ def kernel_distance(real_features: torch.Tensor, fake_features: torch.Tensor, su
     KID = unbiased MMD² with k(x, y) = (xᵀy / d + 1)³, on ``subsets`` draws of ``subset_size`` features of
     each set (seeded). real_features: (N_r, d); fake_features: (N_f, d).
     """
+    if subset_size < 2:      # the unbiased MMD² divides by m(m − 1): one image per subset gives NaN
+        raise ConfigError(f"--kid-subset-size {subset_size}: KID's unbiased estimate needs subsets of at least 2 "
+                          "images (default 1000; it is capped by the number of images)")
     KernelInceptionDistance = _torchmetrics()[1].KernelInceptionDistance
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)     # "will save all extracted features in buffer"
@@ -415,6 +461,9 @@ def compute_metrics(fake: Union[Images, ImageSource], real: Union[Images, ImageS
                       "biased upwards (singular covariance); use at least 10,000 for numbers to compare with papers",
                       stacklevel=2)
     subset = min(kid_subset_size, fake_src.n, real_src.n)
+    if kid_subset_size >= 2 > subset:
+        raise ConfigError(f"KID needs at least 2 images in each set ({fake_src.n} samples, {real_src.n} real "
+                          "images here): write more samples (sample --n) or use more real images (--n-real)")
     kid_mean, kid_std = kernel_distance(real_f, fake_f, subset, kid_subsets, seed)
     return MetricResult(fid=frechet_distance(real_f, fake_f), kid_mean=kid_mean, kid_std=kid_std, n_fake=fake_src.n,
                         n_real=real_src.n, extractor=extractor_name(extractor), sampler=sampler, steps=steps,

@@ -6,13 +6,15 @@ writes a file it must not leave half-written (checkpoints, caches, sample PNGs, 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -84,3 +86,24 @@ def free_space(folder: PathLike) -> str:
         return f"{shutil.disk_usage(folder).free / 2 ** 30:.2f} GiB free on {folder}"
     except OSError:
         return f"free space on {folder} unknown"
+
+
+def decode_text(data: bytes) -> str:
+    """Bytes of a text file as str, whatever a user's editor saved: UTF-16 with its BOM, UTF-8 (with or without a
+    BOM); bytes that are not UTF-8 (Latin-1, a damaged tail) become U+FFFD instead of an exception; lines holding
+    NUL (the zero-filled tail a power loss leaves after an append, or a row cut by it) are dropped."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = data.decode("utf-16", errors="replace")
+    else:
+        text = data.decode("utf-8-sig", errors="replace")
+    if "\0" not in text:
+        return text
+    return "".join(line for line in text.splitlines(keepends=True) if "\0" not in line)
+
+
+def read_csv_rows(path: PathLike) -> Tuple[List[Dict[str, str]], int]:
+    """The rows of a CSV with a header line (csv.DictReader) read leniently (decode_text), and how many NUL bytes
+    were dropped."""
+    data = Path(path).read_bytes()
+    rows = list(csv.DictReader(io.StringIO(decode_text(data), newline="")))
+    return rows, data.count(b"\0")

@@ -50,6 +50,10 @@ SETTING_KEYS = ("weights", "sampler", "steps", "eta", "variance", "seed", "times
                 "image_size", "channels", "batch_layout", "order", "spacing")
 
 
+class NonFiniteSamplesError(DDPMError, ValueError):
+    """The sampler produced NaN or infinity: reported, never written as black images."""
+
+
 class SampleFolderError(DDPMError, ValueError):
     """A sample folder whose samples.json disagrees with the requested settings (mixing would corrupt metrics)."""
 
@@ -149,6 +153,11 @@ def sample_batch(model: nn.Module, schedule: NoiseSchedule, start: int, count: i
     else:
         x = ddim_sample(model, x_T.shape, schedule, steps=steps, eta=eta, generator=step_noise, device=device,
                         noise=x_T, progress=progress, spacing=default_spacing(sampler, spacing))
+    bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+    if bad:        # clamping keeps NaN: they would be written as black images
+        raise NonFiniteSamplesError(f"{bad} of samples {start}…{start + count - 1} hold NaN or infinity ({sampler}, "
+                                    f"{steps} steps): nothing of them was written; the weights may have diverged "
+                                    "(try an earlier checkpoint) or the sampler settings are unstable (try ddim)")
     return x.float().cpu()
 
 
@@ -338,7 +347,7 @@ def resolve_checkpoint(path: PathLike) -> Path:
     found = latest_checkpoint(path)
     if found is None:
         raise CheckpointError(f"no checkpoint in {path}: it holds no ckpt_*.pt file (train first, or point "
-                              "--checkpoint at a .pt file)")
+                              "--checkpoint at a .pt or .safetensors file)")
     return found
 
 

@@ -110,6 +110,18 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"        # the IEND chunk and its CRC: the last 8 bytes of every complete PNG
 
 
+MAX_SAMPLE_PIXELS = 4096 * 4096   # a sample, a grid or a CelebA photo is far smaller; a bigger header is a bomb
+
+
+def check_pixels(size: Sequence[int], path: PathLike, limit: int = MAX_SAMPLE_PIXELS) -> None:
+    """DamagedImageError when an image's header claims more than ``limit`` pixels: read before anything is decoded,
+    so a PNG of a few KB that would decompress to gigabytes is refused instead of filling the memory."""
+    width, height = size
+    if width * height > limit:
+        raise DamagedImageError(f"{path} claims {width}×{height} pixels (over {limit:,}): not a sample or photo but "
+                                "a decompression bomb or a foreign file; remove it")
+
+
 def read_png(path: PathLike) -> torch.Tensor:
     """Decode an image file in full with PIL → uint8 (C, H, W), C = 1 (gray) or 3 (colour; alpha dropped).
 
@@ -118,9 +130,10 @@ def read_png(path: PathLike) -> torch.Tensor:
     """
     try:
         with Image.open(path) as im:
+            check_pixels(im.size, path)                   # before decoding: a small file can inflate to gigabytes
             im.load()
             im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-    except (OSError, ValueError, SyntaxError) as e:   # PIL's truncated / unidentified / broken-stream errors
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:   # truncated / unidentified / ...
         raise DamagedImageError(f"cannot decode {path}: {e}. If it is a sample, run the same `sample` command "
                                 "again: damaged files are redone.") from None
     a = np.array(im)                                          # (H, W) or (H, W, 3), a writable copy
@@ -138,13 +151,13 @@ def png_problem(path: PathLike, shape: Sequence[int]) -> Optional[str]:
         return f"unreadable ({e.strerror})"
     if not (data.startswith(PNG_SIGNATURE) and data.endswith(PNG_END)):
         return f"not a complete PNG ({len(data)} bytes)"
+    want = (shape[2], shape[1]), "L" if shape[0] == 1 else "RGB"
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
             size, mode = im.size, im.mode
-    except (OSError, ValueError, SyntaxError) as e:
+            if (size, mode) != want:                      # checked before decoding: a bomb is never inflated
+                return f"is {size[0]}×{size[1]} {mode}, expected {want[0][0]}×{want[0][1]} {want[1]}"
+            im.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return f"cannot be decoded ({e})"
-    want = (shape[2], shape[1]), "L" if shape[0] == 1 else "RGB"
-    if (size, mode) != want:
-        return f"is {size[0]}×{size[1]} {mode}, expected {want[0][0]}×{want[0][1]} {want[1]}"
     return None

@@ -7,8 +7,8 @@ none trains or samples.
 """
 from __future__ import annotations
 
-import csv
 import functools
+import math
 import textwrap
 import warnings
 from pathlib import Path
@@ -23,16 +23,24 @@ from matplotlib.ticker import ScalarFormatter
 from . import images as _images_module
 from ._types import PathLike, moved_names
 from .diffusion import eval_mode, predict_eps, q_sample
+from .files import read_csv_rows
 from .images import image_grid, to_unit_range
 
 # Names that lived here before issue 19 (the grid writer moved to images): see moved_names.
 __getattr__ = moved_names(__name__, {"save_image_grid": _images_module})
 
 
+def _finite(text) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
 def read_metrics(csv_path: PathLike) -> dict:
-    """Read a training metrics CSV into a dict of column → list of floats."""
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """Read a training metrics CSV into a dict of column → list of floats (rows without a numeric step, e.g. the
+    NUL-filled tail of a power loss, are left out; other unreadable cells are NaN)."""
+    rows = [r for r in read_csv_rows(csv_path)[0] if _finite(r.get("step"))]
     cols = {k: [] for k in (rows[0].keys() if rows else [])}
     for r in rows:
         for k, v in r.items():

@@ -34,8 +34,11 @@ from .checkpoint import (
     checkpoint_step,
     config_to_dict,
     find_run_checkpoints,
+    find_run_exports,
+    is_safetensors,
     latest_checkpoint,
     load_model,
+    model_step,
 )
 from .env import kaggle_input_dir
 from .runtime import TrainingError
@@ -210,12 +213,15 @@ def same_setup(a, b, ignored: Sequence[str] = IGNORED_FIELDS) -> bool:
 
 
 def sampling_candidates(run, run_name: str, kaggle_input: Optional[PathLike] = None) -> list[Path]:
-    """Checkpoints of run run_name, newest first: in run.out_dir/run_name, then (on Kaggle) under kaggle_input."""
-    candidates = [latest_checkpoint(Path(run.out_dir) / run_name)] if (Path(run.out_dir) / run_name).is_dir() else []
+    """Checkpoints and exported ``.safetensors`` models of run run_name, newest first: in run.out_dir/run_name,
+    then (on Kaggle) under kaggle_input."""
+    folder = Path(run.out_dir) / run_name
+    candidates = [latest_checkpoint(folder), *find_run_exports(folder.parent, run_name, 1)] if folder.is_dir() else []
     if run.on_kaggle:
-        candidates += find_run_checkpoints(kaggle_input if kaggle_input is not None else kaggle_input_dir(), run_name)
+        root = kaggle_input if kaggle_input is not None else kaggle_input_dir()
+        candidates += find_run_checkpoints(root, run_name) + find_run_exports(root, run_name)
     found = {p for p in candidates if p is not None and p.is_file()}
-    return sorted(found, key=lambda p: (checkpoint_step(p), p.stat().st_mtime), reverse=True)
+    return sorted(found, key=lambda p: (model_step(p), p.stat().st_mtime), reverse=True)
 
 
 def find_model_for_sampling(run, run_name: str, expected=None, kaggle_input: Optional[PathLike] = None,
@@ -231,7 +237,8 @@ def find_model_for_sampling(run, run_name: str, expected=None, kaggle_input: Opt
         except (CheckpointError, OSError) as err:
             print(f"cannot use {path}: {err}")
             continue
-        differences = [] if expected is None else setup_differences(saved, expected)
+        ignored = IGNORED_FIELDS + (("data.root",) if is_safetensors(path) else ())  # an export drops machine paths
+        differences = [] if expected is None else setup_differences(saved, expected, ignored)
         if not differences:
             return SamplingModel(path, model, schedule, saved, trained_here=False)
         print(f"skipping {path}: trained with another configuration ({', '.join(differences)})")

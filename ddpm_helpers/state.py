@@ -52,9 +52,40 @@ def fixed_sample_noise(cfg: TrainConfig) -> torch.Tensor:
     return torch.randn(cfg.sample_n, c, s, s, generator=g)
 
 
+def numpy_state_as_tensors(state: tuple) -> Dict[str, Any]:
+    """NumPy's global RNG state ('MT19937', keys, pos, has_gauss, cached_gaussian) with the keys as an int64 tensor,
+    so that a checkpoint loads weights-only without NumPy's array constructor."""
+    kind, keys, pos, has_gauss, cached = state
+    return {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def numpy_state_from_saved(saved: Any) -> tuple:
+    """The tuple np.random.set_state takes, from numpy_state_as_tensors' dict or an older checkpoint's tuple."""
+    if isinstance(saved, dict):
+        return (saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                saved["cached_gaussian"])
+    return tuple(saved)
+
+
+def python_state_as_tensors(state: tuple) -> Dict[str, Any]:
+    """Python's random state (version, 625 ints < 2³², gauss_next) with the ints as an int64 tensor."""
+    version, internal, gauss_next = state
+    return {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next}
+
+
+def python_state_from_saved(saved: Any) -> tuple:
+    """The tuple random.setstate takes, from python_state_as_tensors' dict or an older checkpoint's tuple."""
+    if isinstance(saved, dict):
+        return saved["version"], tuple(int(v) for v in saved["state"].tolist()), saved["gauss_next"]
+    return tuple(saved)
+
+
 def rng_state(gen: torch.Generator) -> Dict[str, Any]:
-    """Every RNG state of this process: torch, NumPy, Python, the t/ε generator and (if any) CUDA's."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every RNG state of this process: torch, NumPy, Python, the t/ε generator and (if any) CUDA's; only tensors,
+    numbers and strings (a checkpoint loads weights-only)."""
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state_as_tensors(np.random.get_state()),
+             "python": python_state_as_tensors(random.getstate()),
              "gen": gen.get_state(), "gen_device": str(gen.device)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -62,10 +93,10 @@ def rng_state(gen: torch.Generator) -> Dict[str, Any]:
 
 
 def set_rng_state(state: Dict[str, Any], gen: torch.Generator) -> None:
-    """Put back what rng_state saved."""
+    """Put back what rng_state saved (or an older checkpoint's NumPy/Python tuples)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np.random.set_state(numpy_state_from_saved(state["numpy"]))
+    random.setstate(python_state_from_saved(state["python"]))
     gen.set_state(state["gen"])
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(Exception):
@@ -127,6 +158,15 @@ def resume(trainer: "Trainer", resume_from: Union[str, Path, bool, None],
             return None
         raise ckpt_io.CheckpointError(f"--resume {resume_from}: no checkpoint found there")
     ck = ckpt_io.load_checkpoint(path, map_location="cpu")   # RNG states must stay CPU ByteTensors
+    if ck.get("exported") is not None:
+        raise ckpt_io.CheckpointError(f"--resume {path}: an exported model holds only weights (no optimizer, EMA "
+                                      "or RNG state), so training cannot continue from it; resume from the run's "
+                                      "ckpt_*.pt, or start a new run")
+    missing = [k for k in ("ema", "optimizer", "lr_schedule", "step", "epoch", "batch_in_epoch", "rng",
+                           "sample_noise") if k not in ck]
+    if missing:
+        raise ckpt_io.CheckpointError(f"--resume {path}: the checkpoint is damaged (no {', '.join(missing)}); "
+                                      "resume from an earlier ckpt_*.pt of the run")
     ckpt_io.check_compatible(ck, trainer.cfg, path)
     ckpt_io.check_same_data(ck, trainer.data.identity, path, allow_data_change, log=log)
     if trainer.is_main:

@@ -17,6 +17,7 @@ gradient norm that guards against NaN steps), plus the logging reads every ``log
 from __future__ import annotations
 
 import csv
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from .config import TrainConfig
 from .data import BatchIterator, TrainingData, prepare_training_data
 from .diffusion import ddim_sample, training_loss
 from .errors import ConfigError
+from .files import read_csv_rows
 from .images import save_image_grid, to_model_range
 from .optim import EMA, lr_lambda, make_adam
 from .plotting import plot_loss_curve
@@ -94,17 +96,34 @@ class LossWindow:
         return loss, grad_norm, self.images_per_s
 
 
+def _step_of(row: Dict[str, Any]) -> Optional[int]:
+    """A metrics row's step, or None when the cell is not a finite number (a damaged row)."""
+    try:
+        value = float(row.get("step") or "")
+    except (TypeError, ValueError):
+        return None
+    return int(value) if math.isfinite(value) else None
+
+
 class MetricsLog:
     """metrics.csv: step, epoch, loss, lr, grad_norm, images_per_s, elapsed_s, bad_steps (rank 0 only)."""
 
     FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s", "bad_steps"]
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path: Path, resume_step: int, log: Callable[[str], None] = print):
         self.path = path
         rows = []
         if path.exists() and resume_step > 0:
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
+            read, nul = read_csv_rows(path)
+            rows = [r for r in read if _step_of(r) is not None and _step_of(r) <= resume_step]
+            dropped = sum(_step_of(r) is None for r in read)
+            if dropped or nul:
+                log(f"[train] {path}: left out {dropped} damaged row(s) ({nul} NUL bytes: the tail of an interrupted "
+                    "write); the rows up to the checkpoint are kept")
+        elif path.exists() and path.stat().st_size > 0:   # an earlier run's record, its checkpoints moved away
+            kept = path.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+            path.rename(kept)
+            log(f"[train] {path.name} of an earlier run is kept as {kept.name}; this run starts a new one")
         with ckpt_io.atomic_open(path, "w") as f:   # drop rows written after the checkpoint we resume
             w = csv.DictWriter(f, self.FIELDS)
             w.writeheader()
@@ -339,7 +358,7 @@ class Trainer:
                 if count:
                     self.log(f"[train] removed {count} temporary file(s) of interrupted writes from {folder} "
                              f"({size / 2 ** 20:.1f} MiB)")
-            return MetricsLog(self.out / "metrics.csv", self.step)
+            return MetricsLog(self.out / "metrics.csv", self.step, log=self.log)
         except OSError as e:
             raise not_writable(self.out, e) from e
 

@@ -221,6 +221,8 @@ CASES = [
      _not_inception, 2, ["wrong.pth", "not torch-fidelity's Inception weights"]),
     ("evaluate no samples", ["evaluate", "--samples", "{tmp}/none", "--feature", "simple"], None, 2,
      ["--samples", "none"]),
+    ("export no checkpoint", ["export", "--checkpoint", "{tmp}/none", "--out", "{out}/m.safetensors"], None, 2,
+     ["--checkpoint", "no checkpoint"]),
     ("evaluate n-real 0", [*EVALUATE, "--n-real", "0"], None, 2, ["--n-real", "0"]),
     ("evaluate other size", [*EVALUATE, "--image-size", "8"], None, 2, ["16×16 px", "8×8 px", "--image-size"]),
     ("evaluate one sample", [*EVALUATE, "--n-fake", "1"], None, 2, ["1 generated", "--n-fake"]),

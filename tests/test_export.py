@@ -110,3 +110,59 @@ def test_the_shipped_model_loads_weights_only_and_samples_faces_shaped_output():
     assert x.std() > 0.1          # not a constant image
     meta_format = read_exported(path)[2]
     assert meta_format is not None and EXPORT_FORMAT.startswith("ddpm_helpers/")
+
+
+def test_the_export_command_round_trips_through_sample(tmp_path, capsys):
+    """`export` then `sample` from the .safetensors file writes the same PNGs as `sample` from the checkpoint."""
+    from ddpm_helpers.cli import main
+    from ddpm_helpers.generate import read_sample_folder
+    _checkpoint(tmp_path)
+    facts_in = tmp_path / "facts.json"
+    facts_in.write_text(json.dumps({"preset": "tiny", "step": 999, "swd": {"step": 3, "value": 1.0}}))
+    out = tmp_path / "share" / "model.safetensors"
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--facts", str(facts_in)]) == 0
+    sidecar = json.loads((tmp_path / "share" / "model.json").read_text())
+    assert sidecar["step"] == 7 and sidecar["preset"] == "tiny" and "swd" not in sidecar     # stale SWD dropped
+    assert sidecar["made_with"].startswith("python -m ddpm_helpers export --checkpoint")
+    for source, folder in ((tmp_path / "run", "a"), (out, "b")):
+        assert main(["sample", "--checkpoint", str(source), "--out-dir", str(tmp_path / folder), "--n", "3",
+                     "--steps", "4", "--seed", "5", "--device", "cpu", "--quiet"]) == 0
+    assert torch.equal(read_sample_folder(tmp_path / "a"), read_sample_folder(tmp_path / "b"))
+    assert "model.safetensors" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--out", "{tmp}/model"], "must end in .safetensors"),
+    (["--out", "{tmp}/m.safetensors", "--facts", "{tmp}/latin1.json"], "not UTF-8"),
+    (["--out", "{tmp}/m.safetensors", "--facts", "{tmp}/list.json"], "must hold a JSON object"),
+    (["--out", "{tmp}/m.safetensors", "--checkpoint", "{tmp}/empty"], "no checkpoint"),
+])
+def test_export_refuses_bad_flags_in_one_line(tmp_path, capsys, args, expected):
+    from ddpm_helpers.cli import main
+    _checkpoint(tmp_path)
+    (tmp_path / "latin1.json").write_bytes('{"data": "Céline"}'.encode("latin-1"))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "empty").mkdir()
+    words = [w.format(tmp=tmp_path) for w in args]
+    if "--checkpoint" not in words:
+        words += ["--checkpoint", str(tmp_path / "run")]
+    assert main(["export", *words]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err
+    assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_shipped_facts_file_matches_the_shipped_model():
+    """ddpm_helpers/models/celeba32.json: the training facts the spec asks for, and the digest of the file beside it."""
+    import hashlib
+    path = shipped_model_path()
+    facts = json.loads(path.with_name("celeba32.json").read_text(encoding="utf-8"))
+    for key in ("preset", "step", "images_seen", "training_minutes", "data", "held_out", "command", "made_with"):
+        assert facts.get(key) not in (None, ""), key
+    assert facts["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    embedded = shipped_model_facts()
+    assert {k: facts[k] for k in embedded} == embedded              # the JSON repeats the file's own facts
+    assert facts["made_with"].split()[:4] == ["python", "-m", "ddpm_helpers", "export"]
+    assert "ddpm_helpers/models/celeba32.safetensors" in facts["made_with"]
+    pyproject = (path.parents[2] / "pyproject.toml").read_text()
+    assert '"models/*.safetensors", "models/*.json"' in pyproject     # both go into the wheel
