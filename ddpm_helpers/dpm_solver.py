@@ -120,6 +120,18 @@ def solver_grid(schedule: NoiseSchedule, steps: int = 20, spacing: str = DEFAULT
     return timestep_grid(schedule, steps, spacing)
 
 
+def _solver_setup(model: Model, schedule: NoiseSchedule, order: int, steps: int, spacing: str,
+                  timesteps: Sequence[int] | None, device):
+    """The checks and the grid every multistep sampler starts with: (grid τ, device, λ-points of the grid and of
+    σ = 0 after it)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    taus = solver_grid(schedule, steps, spacing, timesteps)
+    device = device or next(_params(model), torch.empty(0)).device
+    alpha_bars = schedule.alpha_bars.double().cpu()
+    return taus, device, [log_snr_point(alpha_bars[tau]) for tau in taus] + [log_snr_point(1.0)]
+
+
 @torch.no_grad()
 def dpm_solver_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, steps: int = 20, order: int = 2,
                       spacing: str = DEFAULT_SPACING, timesteps: Sequence[int] | None = None,
@@ -134,12 +146,7 @@ def dpm_solver_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedul
     Same other arguments and return value as :func:`ddpm_helpers.diffusion.ddim_sample`: x_0 (B, C, H, W),
     clamped to [−1, 1] with clip, or (x_0, Trajectory) with keep_steps (x_t and x̂_0 at the kept indices).
     """
-    if order not in ORDERS:
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    taus = solver_grid(schedule, steps, spacing, timesteps)
-    device = device or next(_params(model), torch.empty(0)).device
-    alpha_bars = schedule.alpha_bars.double().cpu()
-    points = [log_snr_point(alpha_bars[tau]) for tau in taus] + [log_snr_point(1.0)]
+    taus, device, points = _solver_setup(model, schedule, order, steps, spacing, timesteps, device)
     orders = step_orders(len(taus), order)
     x = _initial_noise(shape, device, generator, noise)
     rec = _Recorder(keep_steps)
@@ -220,12 +227,7 @@ def unipc_sample(model: Model, shape: Sequence[int], schedule: NoiseSchedule, st
     lower_order_final). Orders: step i uses min(order, i + 1, S − i); UniP-2 is DPM-Solver++(2M).
     Arguments and return value as :func:`dpm_solver_sample`.
     """
-    if order not in ORDERS:
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    taus = solver_grid(schedule, steps, spacing, timesteps)
-    device = device or next(_params(model), torch.empty(0)).device
-    alpha_bars = schedule.alpha_bars.double().cpu()
-    points = [log_snr_point(alpha_bars[tau]) for tau in taus] + [log_snr_point(1.0)]
+    taus, device, points = _solver_setup(model, schedule, order, steps, spacing, timesteps, device)
     n = len(taus)
     x = _initial_noise(shape, device, generator, noise)
     rec = _Recorder(keep_steps)
