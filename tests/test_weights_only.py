@@ -127,7 +127,7 @@ def test_payload_given_to_resume(tmp_path, marker):
 def test_payload_named_by_samples_json(tmp_path, marker, caplog):
     evil = plant(tmp_path / "ckpt_00000001.pt", marker)
     with caplog.at_level(logging.WARNING):
-        assert swd._run_data_config({"checkpoint": str(evil)}, None) is None
+        assert swd._run_data_config({"checkpoint": str(evil)}, None) == (None, None)
     assert len(caplog.records) == 1 and one_line_naming(caplog.records[0].getMessage(), evil)
 
 
