@@ -112,7 +112,7 @@ def _plot_loss(ax, steps: Sequence[float], loss: Sequence[float], window: Option
 
 def _wrap(title: str, width_in: float) -> str:
     """Wrap a title to about the characters that fit width_in inches at the title font size."""
-    return "\n".join(textwrap.wrap(title, max(20, int(width_in * 15))))
+    return "\n".join(textwrap.wrap(title, max(20, int(width_in * 15)), break_on_hyphens=False))
 
 
 @print_styled
