@@ -37,8 +37,9 @@ from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .data import prepare_images
 from .errors import ConfigError, DDPMError
+from .files import atomic_open
 from .generate import generate
-from .plotting import PAGE_WIDTH, PRINT_DPI, print_style, save_figure
+from .plotting import PAGE_WIDTH, PRINT_DPI, plot_image_rows, print_style, save_figure
 from .schedule import NoiseSchedule
 from .swd import heldout_images, swd
 from .train import train
@@ -50,6 +51,8 @@ STEP_COST = 3.0                 # one training step ≈ 3 forward passes of its 
 REPO_FIGURES = Path(__file__).resolve().parents[1] / "figures"
 PUBLISHED_JSON = "ablations.json"         # the committed copy: figures/ablations.json (written only when asked)
 PLOT_STEM = "ablations"
+SAMPLES_STEM = "ablations_samples"       # the same starting noise drawn by every variant
+SAMPLES_PER_ROW = 8
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
 
 
@@ -62,17 +65,25 @@ class AblationInterrupted(DDPMError):
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Sampler:
-    """A fixed sampler: generate.generate's sampler ("ddim" or "ddpm"), DDIM steps and η, DDPM's σ_t² choice."""
+    """A fixed sampler: generate.generate's sampler ("ddim", "ddpm", "dpm++2m" or "dpm++3m"), its steps (model
+    calls), DDIM's η, DDPM's σ_t² choice and the grid of DDIM / DPM-Solver++ (None: generate's default)."""
 
     sampler: str = "ddim"
     steps: int = 50
     eta: float = 0.0
     variance: str = "beta"
+    spacing: Optional[str] = None
 
     def label(self) -> str:
         if self.sampler == "ddpm":
             return f"DDPM, all T steps, σ² = {'β' if self.variance == 'beta' else 'β̃'}"
+        if self.sampler.startswith("dpm++"):
+            return f"DPM-Solver++({self.sampler[5:].upper()}), {self.steps} calls"
         return f"DDIM-{self.steps}, η = {self.eta:g}"
+
+    def settings(self) -> Dict[str, Any]:
+        """The fields that define it (None fields left out: generate's defaults)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def network_calls(self, T: int) -> int:
         """Network evaluations per image."""
@@ -90,13 +101,15 @@ def _half_width(cfg: TrainConfig) -> TrainConfig:
 @dataclass(frozen=True)
 class Variant:
     """One ablation: name, kind ("train" or "sample"), one line on what it changes, and the change itself
-    (``change`` of base's TrainConfig for a training variant; ``sampler`` for a sampling one, on base's runs)."""
+    (``change`` of base's TrainConfig for a training variant; for a sampling one, on base's runs: ``sampler``, None
+    for the ablation's own, and ``ema``, False to read the raw weights instead of their EMA)."""
 
     name: str
     kind: str
     what: str
     change: Optional[Callable[[TrainConfig], TrainConfig]] = None
     sampler: Optional[Sampler] = None
+    ema: bool = True
 
     def config(self, base: TrainConfig) -> TrainConfig:
         return self.change(base) if self.change is not None else base
@@ -113,8 +126,10 @@ VARIANTS: Tuple[Variant, ...] = (
     Variant("lr-2e-4", "train", "learning rate 2e-4 (the DDPM paper's) instead of the recipe's",
             lambda c: dataclasses.replace(c, lr=2e-4)),
     Variant("no-warmup", "train", "no learning-rate warm-up", lambda c: dataclasses.replace(c, warmup_steps=0)),
-    Variant("no-ema", "train", "no EMA: samples from the raw weights (decay 0)",
-            lambda c: dataclasses.replace(c, ema_decay=0.0)),
+    # The EMA is a read-out: it never changes the training trajectory (tests/test_ablate.py checks that a run with
+    # decay 0 ends with base's raw weights bit for bit), so "no EMA" samples base's raw weights instead of training
+    # again: the same answer for no training cost.
+    Variant("no-ema", "sample", "no EMA: base's checkpoints, the raw weights (= training with decay 0)", ema=False),
     Variant("ema-0.9999", "train", "EMA decay 0.9999 with warm-up min(d, (1+n)/(10+n))",
             lambda c: dataclasses.replace(c, ema_decay=0.9999, ema_warmup=True)),
     Variant("min-snr-5", "train", "Min-SNR-5 loss weight min(SNR_t, 5)/SNR_t (ε-prediction)",
@@ -128,9 +143,10 @@ VARIANTS: Tuple[Variant, ...] = (
     Variant("ddim-10", "sample", "base's checkpoints, DDIM with 10 steps", sampler=Sampler("ddim", steps=10)),
     Variant("ddim-20", "sample", "base's checkpoints, DDIM with 20 steps", sampler=Sampler("ddim", steps=20)),
     Variant("ddim-100", "sample", "base's checkpoints, DDIM with 100 steps", sampler=Sampler("ddim", steps=100)),
-    # DPM-Solver++ goes here once dpm_solver.py has landed and generate.generate knows it, e.g.
-    # Variant("dpm-solver-20", "sample", "base's checkpoints, DPM-Solver++(2M) with 20 steps",
-    #         sampler=Sampler("dpm-solver++", steps=20)),
+    Variant("dpm++2m-10", "sample", "base's checkpoints, DPM-Solver++(2M) with 10 model calls",
+            sampler=Sampler("dpm++2m", steps=10)),
+    Variant("dpm++2m-20", "sample", "base's checkpoints, DPM-Solver++(2M) with 20 model calls",
+            sampler=Sampler("dpm++2m", steps=20)),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 DEFAULT_CURVE = ("base", "min-snr-5", "input-perturbation-0.1")
@@ -234,7 +250,7 @@ class Ablation:
         facts = {"data": data, "split": split, "train_images": train_count, "heldout_images": heldout_count,
                  "image_size": b.data.image_size, "channels": b.data.channels, "batch_size": b.batch_size,
                  "budget_steps": self.max_steps, "budget_images": self.images_seen, "sampler": self.sampler.label(),
-                 "sampler_settings": dataclasses.asdict(self.sampler), "n": self.n, "sample_seed": self.sample_seed,
+                 "sampler_settings": self.sampler.settings(), "n": self.n, "sample_seed": self.sample_seed,
                  "metric": "SWD×1e3 (Karras et al. 2018, swd.py) of n samples against n held-out real images; "
                            "lower is better; floor: n training images against the same held-out images",
                  "base_recipe": recipe}
@@ -277,7 +293,7 @@ def score(model: torch.nn.Module, schedule, sampler: Sampler, n: int, heldout: n
     c, h = heldout.shape[-1], heldout.shape[1]
     samples = generate(model, schedule, n, sampler=sampler.sampler, steps=sampler.steps, eta=sampler.eta,
                        variance=sampler.variance, batch_size=batch_size, seed=seed, device=device,
-                       image_size=h, channels=c, progress=False)
+                       image_size=h, channels=c, progress=False, spacing=sampler.spacing)
     return swd(samples, heldout[:n], seed=seed, n=n).mean
 
 
@@ -298,7 +314,7 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
 
 def _write_json(record: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with ckpt_io.atomic_open(path, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(record, f, indent=1, ensure_ascii=False)
         f.write("\n")
     return path
@@ -389,18 +405,16 @@ def _schedule(cfg: TrainConfig, device):
 
 def _sample_run(ab: Ablation, v: Variant, seed: int, out: Path, heldout: np.ndarray, bar: _Progress,
                 T: int) -> Dict[str, Any]:
-    """Score base's final checkpoint of this seed with the variant's sampler; returns score.json."""
-    base_dir = run_dir(out, "base", seed)
-    found = ckpt_io.list_checkpoints(base_dir)
-    if not found or ckpt_io.checkpoint_step(found[-1]) != ab.max_steps:
-        raise ConfigError(f"{v.name} seed {seed} needs base's finished run in {base_dir}; run base first")
-    model, schedule, _ = ckpt_io.load_model(found[-1], ema=True, device=ab.device or "cpu")
+    """Score base's final checkpoint of this seed with the variant's sampler (or the ablation's) and weights (EMA or
+    raw); returns score.json."""
+    model, schedule = final_model(out, v, seed, ab.max_steps, ab.device)
+    sampler = v.sampler or ab.sampler
     t0 = time.time()
-    value = score(model, schedule, v.sampler, ab.n, heldout, ab.sample_seed, ab.sample_batch, ab.device)
+    value = score(model, schedule, sampler, ab.n, heldout, ab.sample_seed, ab.sample_batch, ab.device)
     seconds = time.time() - t0
-    bar.add(v.sampler.network_calls(T) * bar.sample_units)
+    bar.add(sampler.network_calls(T) * bar.sample_units)
     return {"name": v.name, "kind": "sample", "seed": seed, "swd": value, "images_seen": ab.images_seen,
-            "seconds": seconds, "sampler": v.sampler.label()}
+            "seconds": seconds, "sampler": sampler.label(), "weights": "EMA" if v.ema else "raw"}
 
 
 def _check_protocol(out: Path, protocol: Dict[str, Any]) -> None:
@@ -464,10 +478,14 @@ def run_ablation(ab: Ablation, images: Optional[np.ndarray] = None, progress: bo
     finally:
         bar.bar.close()
     plot_results(results, out / PLOT_STEM)
+    samples = plot_samples(results, out, out / SAMPLES_STEM, device=ab.device)
     if publish is not None:
         _write_json(results, Path(publish) / PUBLISHED_JSON)
         plot_results(results, Path(publish) / PLOT_STEM)
-        log(f"[ablate] published {Path(publish) / PUBLISHED_JSON} and {PLOT_STEM}.png/.pdf")
+        for path in samples:
+            with atomic_open(Path(publish) / path.name, "wb") as f:
+                f.write(path.read_bytes())
+        log(f"[ablate] published {Path(publish) / PUBLISHED_JSON}, {PLOT_STEM}.png/.pdf and {SAMPLES_STEM}.png")
     return results
 
 
@@ -577,6 +595,45 @@ def plot_results(results: Optional[Dict[str, Any]], stem: Path) -> List[Path]:
             ax2.legend()
         fig.tight_layout()
         return save_figure(fig, stem, formats=("png", "pdf"), dpi=PRINT_DPI)
+
+
+def final_model(out: Path, v: Variant, seed: int, max_steps: int, device=None):
+    """(model, schedule) that a finished run of v scores: its own final checkpoint (training variants) or base's,
+    EMA or raw weights as v says (sampling variants)."""
+    folder = run_dir(out, v.name if v.kind == "train" else "base", seed)
+    found = ckpt_io.list_checkpoints(folder) if folder.is_dir() else []
+    if not found or ckpt_io.checkpoint_step(found[-1]) != max_steps:
+        raise ConfigError(f"{v.name} seed {seed} needs the finished run in {folder} (a checkpoint at step "
+                          f"{max_steps:,}); run {'it' if v.kind == 'train' else 'base'} first")
+    model, schedule, _ = ckpt_io.load_model(found[-1], ema=v.ema, device=device or "cpu")
+    return model, schedule
+
+
+def plot_samples(results: Optional[Dict[str, Any]], out: Path, stem: Path, k: int = SAMPLES_PER_ROW, seed: int = 0,
+                 device=None) -> List[Path]:
+    """What the numbers look like: one row per variant (the order of compare), k samples of its seed-``seed`` run
+    with its sampler, every row from the same starting noise x_T (sample i is seeded by (sampling seed, i)), labelled
+    with the variant's mean SWD. PNG in whole pixels (print style); runs that are missing are left out."""
+    if not results or not results["variants"]:
+        return []
+    p = results["protocol"]
+    base_sampler = Sampler(**p["sampler_settings"])
+    rows: Dict[str, torch.Tensor] = {}
+    for r in compare(results):
+        try:
+            v = variant(r["name"])
+            model, schedule = final_model(out, v, seed, p["budget_steps"], device)
+        except ConfigError:
+            continue
+        smp = v.sampler or base_sampler
+        rows[f"{r['name']} ({r['mean']:.1f})"] = generate(
+            model, schedule, k, sampler=smp.sampler, steps=smp.steps, eta=smp.eta, variance=smp.variance,
+            seed=p["sample_seed"], device=device, progress=False, spacing=smp.spacing, image_size=p["image_size"],
+            channels=p["channels"])
+    if not rows:
+        return []
+    fig = plot_image_rows(rows, [f"x_T #{i}" for i in range(k)], scale=0.45)
+    return save_figure(fig, stem, formats=("png",))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from .config import TrainConfig
 from .data import BatchIterator, TrainingData, prepare_training_data
 from .diffusion import ddim_sample, training_loss
 from .errors import ConfigError
-from .files import read_csv_rows
+from .files import atomic_open, read_csv_rows
 from .images import save_image_grid, to_model_range
 from .optim import EMA, lr_lambda, make_adam
 from .plotting import plot_loss_curve
@@ -124,7 +124,7 @@ class MetricsLog:
             kept = path.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.csv")
             path.rename(kept)
             log(f"[train] {path.name} of an earlier run is kept as {kept.name}; this run starts a new one")
-        with ckpt_io.atomic_open(path, "w") as f:   # drop rows written after the checkpoint we resume
+        with atomic_open(path, "w") as f:   # drop rows written after the checkpoint we resume
             w = csv.DictWriter(f, self.FIELDS)
             w.writeheader()
             w.writerows(rows)

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from ddpm_helpers import ablate, cli
 from ddpm_helpers import checkpoint as ckpt_io
@@ -23,7 +24,7 @@ def _images() -> np.ndarray:
     return np.stack(faces).clip(0, 255).astype(np.uint8)[..., None]
 
 
-def _ablation(out, variants=("base", "no-ema"), seeds=2, curve=("base",)) -> ablate.Ablation:
+def _ablation(out, variants=("base", "min-snr-5"), seeds=2, curve=("base",)) -> ablate.Ablation:
     base = TRAIN_PRESETS["smoke"]
     base = dataclasses.replace(base, num_threads=1, data=dataclasses.replace(base.data, max_images=24))
     return ablate.Ablation(base=base, variants=variants, seeds=seeds, max_steps=STEPS, n=N,
@@ -53,7 +54,7 @@ def test_results_json_schema_and_numbers(finished):
     assert (p["image_size"], p["n"], p["budget_images"], p["train_images"], p["heldout_images"]) == (16, N, 32, 24, 16)
     images = _images()
     assert saved["floor"]["swd"] == pytest.approx(swd(images[:N], images[24:24 + N], seed=0, n=N).mean, rel=1e-6)
-    assert [v["name"] for v in saved["variants"]] == ["base", "no-ema"]
+    assert [v["name"] for v in saved["variants"]] == ["base", "min-snr-5"]
     for v in saved["variants"]:
         assert v["kind"] == "train" and v["images_seen"] == STEPS * 8 and len(v["swd"]) == len(v["seconds"]) == 2
         assert all(np.isfinite(v["swd"])) and all(s > 0 for s in v["seconds"])
@@ -66,6 +67,7 @@ def test_results_json_schema_and_numbers(finished):
     again = ablate.score(model, schedule, ablate.Sampler("ddim", steps=5), N, images[24:], seed=0)
     assert again == pytest.approx(base["swd"][1], rel=1e-6)
     assert (out / "ablations.png").stat().st_size > 0 and (out / "ablations.pdf").stat().st_size > 0
+    assert (out / "ablations_samples.png").stat().st_size > 0       # one row of samples per variant
 
 
 def test_killed_ablation_resumes_exactly_and_reuses_finished_runs(finished, tmp_path, monkeypatch):
@@ -101,6 +103,8 @@ def test_killed_ablation_resumes_exactly_and_reuses_finished_runs(finished, tmp_
     assert sample["name"] == "ddim-10" and sample["kind"] == "sample" and sample["images_seen"] == STEPS * 8
     published = json.loads((tmp_path / "pub" / ablate.PUBLISHED_JSON).read_text())     # --publish's copy
     assert published == json.loads(json.dumps(both)) and (tmp_path / "pub" / "ablations.pdf").is_file()
+    samples = tmp_path / "pub" / "ablations_samples.png"
+    assert samples.read_bytes() == (tmp_path / "ablations_samples.png").read_bytes()
 
 
 def test_a_sampling_variant_alone_runs_base_first_and_another_protocol_is_refused(finished, tmp_path):
@@ -117,6 +121,33 @@ def test_a_sampling_variant_alone_runs_base_first_and_another_protocol_is_refuse
     other = dataclasses.replace(_ablation(tmp_path / "a"), max_steps=STEPS + 1)
     with pytest.raises(ConfigError, match="another protocol.*budget"):
         ablate.run_ablation(other, images=_images(), progress=False, log=lambda m: None)
+
+
+def test_no_ema_reads_base_raw_weights_which_equal_a_run_trained_with_decay_0(finished, tmp_path):
+    """The EMA never changes the training trajectory, so the sampling variant "no-ema" (base's raw weights) is the
+    same model as a run trained with decay 0, bit for bit; its score is the raw weights' score; the DPM-Solver++
+    variant scores base's EMA weights with 10 model calls."""
+    out, _, _, _ = finished
+    shutil.copytree(out, tmp_path / "a")
+    ab = _ablation(tmp_path / "a", variants=("no-ema", "dpm++2m-10"), curve=("base",))
+    res = {v["name"]: v for v in ablate.run_ablation(ab, images=_images(), progress=False,
+                                                     log=lambda m: None)["variants"]}
+    assert res["no-ema"]["kind"] == "sample" and res["no-ema"]["images_seen"] == STEPS * 8
+    ck = ckpt_io.list_checkpoints(ablate.run_dir(tmp_path / "a", "base", 1))[-1]
+    raw, schedule, cfg = ckpt_io.load_model(ck, ema=False)
+    ema, _, _ = ckpt_io.load_model(ck, ema=True)
+    images = _images()
+    assert res["no-ema"]["swd"][1] == pytest.approx(ablate.score(raw, schedule, ab.sampler, N, images[24:]), rel=1e-6)
+    assert res["dpm++2m-10"]["swd"][1] == pytest.approx(
+        ablate.score(ema, schedule, ablate.Sampler("dpm++2m", steps=10), N, images[24:]), rel=1e-6)
+    assert res["no-ema"]["swd"][1] != res["base"]["swd"][1]                      # raw ≠ EMA weights
+    assert json.loads((ablate.run_dir(tmp_path / "a", "no-ema", 1) / "score.json").read_text())["weights"] == "raw"
+    # train the same seed with decay 0: its raw weights (and its "EMA", a copy of them) equal base's raw weights
+    no_ema = ablate.train(dataclasses.replace(ab.train_config(ablate.variant("base"), 1, tmp_path / "decay0"),
+                                              ema_decay=0.0), images=images[:24], progress=False, verbose=False)
+    again, _, _ = ckpt_io.load_model(no_ema.checkpoint, ema=False)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), raw.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), raw.state_dict().values()))
 
 
 def test_compare_calls_only_differences_beyond_the_seed_spread_effects():
