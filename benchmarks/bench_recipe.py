@@ -2,16 +2,18 @@
 
     python benchmarks/bench_recipe.py --data ../shared/data/celeba_5k_half              # 480 s each, 2 seeds
     python benchmarks/bench_recipe.py --data DIR --seconds 60 --seeds 1 --json out.json   # a quick look
+    python benchmarks/bench_recipe.py --data DIR --after min-snr-5,input-perturbation-0.1   # levers combined
 
 What it measures (issue 24's target): the `cpu-celeba` preset's SWD excess over the real-vs-real floor after
 ``--seconds`` of training on the first 2,500 half-size CelebA images, for the recipe of main at af5d58b
-("before", pinned below field by field) and the preset as it is now ("after"). Both recipes of one seed train at
-the same time, each in its own process with one torch thread, so that the machine's load hits both alike (on the
-2-core dev machine two one-thread runs give 1.5x the images per second of one two-thread run); seeds run one after
-the other. Each run is scored as the ablation scores (ablate.score): 256 samples, DDIM-50, sampling seed 0, EMA
-weights, SWD×10³ against the first 256 held-out images (2,501-2,756), beside the floor (256 training images against
-the same held-out ones). Excess = SWD − floor; the reduction = 1 − excess(after) / excess(before), per seed and of
-the means.
+("before", pinned below field by field) and the preset as it is now ("after"), or, with ``--after a,b``, the
+before recipe with the changes of those ablation variants applied one after the other (their combined effect).
+Both recipes of one seed train at the same time, each in its own process with one torch thread, so that the
+machine's load hits both alike (on the 2-core dev machine two one-thread runs give 1.5x the images per second of one
+two-thread run); seeds run one after the other. Each run is scored as the ablation scores (ablate.score): 256
+samples, DDIM-50, sampling seed 0, EMA weights, SWD×10³ against the first 256 held-out images (2,501-2,756), beside
+the floor (256 training images against the same held-out ones). Excess = SWD − floor; the reduction =
+1 − excess(after) / excess(before), per seed and of the means.
 
 Not a test: nothing here runs in the test suite; run folders go under runs/bench_recipe (ignored by git).
 """
@@ -43,11 +45,20 @@ BEFORE = {"model": dataclasses.replace(UNET_PRESETS["small"], attention=False, d
           "ema_warmup": True, "min_snr_gamma": None, "input_perturbation": 0.0}
 
 
-def recipes(train_images: int, data: str):
+def recipes(train_images: int, data: str, after: str = ""):
     now = TRAIN_PRESETS["cpu-celeba"]
     now = dataclasses.replace(now, data=dataclasses.replace(now.data, root=data, max_images=train_images,
                                                             offline_fallback=False))
-    return {"before (af5d58b)": dataclasses.replace(now, **BEFORE), "after (now)": now}
+    before = dataclasses.replace(now, **BEFORE)
+    if not after:
+        return {"before (af5d58b)": before, "after (now)": now}
+    combined = before
+    for name in after.split(","):
+        v = ablate.variant(name.strip())
+        if v.kind != "train":
+            raise SystemExit(f"--after {name}: a sampling variant changes no recipe")
+        combined = v.config(combined)
+    return {"before (af5d58b)": before, f"after ({after})": combined}
 
 
 def changed_fields(before, after):
@@ -77,9 +88,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--out", default="runs/bench_recipe")
+    p.add_argument("--after", default="", help="ablation variants to combine on the before recipe (default: the "
+                   "preset as it is now)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    rec = recipes(args.train_images, args.data)
+    rec = recipes(args.train_images, args.data, args.after)
     before, after = rec.values()
     diff = changed_fields(before, after)
     print("changed by the defaults decision:", diff or "nothing (the preset is still af5d58b's)")
@@ -91,7 +104,7 @@ def main(argv=None) -> int:
     for seed in range(args.seeds):
         procs = []
         for name, cfg in rec.items():
-            folder = Path(args.out) / f"seed{seed}" / name.split()[0]
+            folder = Path(args.out) / f"seed{seed}" / name.split()[0]      # before / after
             if folder.exists() and any(folder.glob("ckpt_*")):
                 raise SystemExit(f"{folder} holds a run already: remove it or choose another --out")
             cfg = dataclasses.replace(cfg, seed=seed, out_dir=str(folder), time_budget=args.seconds,
@@ -109,11 +122,12 @@ def main(argv=None) -> int:
             rows.append({"recipe": name, "seed": seed, "steps": info["step"],
                          "images_seen": info["step"] * cfg.batch_size, "train_wall_s": round(info["wall"], 1),
                          "swd": value, "excess": value - fl})
-            print(f"seed {seed} {name:<17} {info['step']:,} steps ({info['step'] * cfg.batch_size:,} images) "
+            print(f"seed {seed} {name}: {info['step']:,} steps ({info['step'] * cfg.batch_size:,} images) "
                   f"SWD {value:.2f}, excess over floor {value - fl:.2f}", flush=True)
     ex = {name: [r["excess"] for r in rows if r["recipe"] == name] for name in rec}
     b, a = (float(np.mean(v)) for v in ex.values())
-    summary = {"floor": fl, "n": args.n, "seconds": args.seconds, "data": desc, "changed": repr(diff),
+    summary = {"before": "before (af5d58b)", "after": list(rec)[1], "floor": fl, "n": args.n,
+               "seconds": args.seconds, "data": desc, "changed": repr(diff),
                "runs": rows, "excess_mean": {"before": b, "after": a}, "reduction": 1 - a / b,
                "reduction_per_seed": [1 - y / x for x, y in zip(*ex.values())]}
     print(f"excess over floor, mean of {args.seeds} seeds: before {b:.2f}, after {a:.2f}: "
