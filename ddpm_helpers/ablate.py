@@ -125,6 +125,8 @@ VARIANTS: Tuple[Variant, ...] = (
             lambda c: dataclasses.replace(c, diffusion=dataclasses.replace(c.diffusion, schedule="cosine"))),
     Variant("lr-2e-4", "train", "learning rate 2e-4 (the DDPM paper's) instead of the recipe's",
             lambda c: dataclasses.replace(c, lr=2e-4)),
+    Variant("lr-2e-3", "train", "learning rate 2e-3, twice the recipe's",
+            lambda c: dataclasses.replace(c, lr=2e-3)),
     Variant("no-warmup", "train", "no learning-rate warm-up", lambda c: dataclasses.replace(c, warmup_steps=0)),
     # The EMA is a read-out: it never changes the training trajectory (tests/test_ablate.py checks that a run with
     # decay 0 ends with base's raw weights bit for bit), so "no EMA" samples base's raw weights instead of training
