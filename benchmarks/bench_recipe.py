@@ -39,10 +39,11 @@ from ddpm_helpers.checkpoint import load_model  # noqa: E402
 from ddpm_helpers.config import TRAIN_PRESETS, UNET_PRESETS, DiffusionConfig  # noqa: E402
 from ddpm_helpers.train import train  # noqa: E402
 
-# The cpu-celeba recipe of main at af5d58b (before issue 24's evidence), field by field.
+# The cpu-celeba recipe of main at af5d58b (before issue 24's evidence), field by field: the preset cpu-celeba-v1.
 BEFORE = {"model": dataclasses.replace(UNET_PRESETS["small"], attention=False, dropout=0.0),
           "diffusion": DiffusionConfig(), "batch_size": 32, "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.995,
           "ema_warmup": True, "min_snr_gamma": None, "input_perturbation": 0.0}
+assert all(getattr(TRAIN_PRESETS["cpu-celeba-v1"], k) == v for k, v in BEFORE.items()), "cpu-celeba-v1 has changed"
 
 
 def recipes(train_images: int, data: str, after: str = ""):
