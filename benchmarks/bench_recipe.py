@@ -9,7 +9,7 @@ What it measures (issue 24's target): the `cpu-celeba` preset's SWD excess over 
 ("before", pinned below field by field) and the preset as it is now ("after"), or, with ``--after a,b``, the
 before recipe with the changes of those ablation variants applied one after the other (their combined effect).
 Both recipes of one seed train at the same time, each in its own process with one torch thread, so that the
-machine's load hits both alike (on the 2-core dev machine two one-thread runs give 1.5x the images per second of one
+machine's load hits both alike (on the 2-core dev machine two one-thread runs give 1.6x the images per second of one
 two-thread run); seeds run one after the other. Each run is scored as the ablation scores (ablate.score): 256
 samples, DDIM-50, sampling seed 0, EMA weights, SWD×10³ against the first 256 held-out images (2,501-2,756), beside
 the floor (256 training images against the same held-out ones). Excess = SWD − floor; the reduction =
